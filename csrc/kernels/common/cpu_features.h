@@ -1,0 +1,39 @@
+// Run-time CPU feature detection and ISA selection (torch-free).
+// The build machine's flags never decide what runs: every ISA variant is compiled
+// with its own flags and picked here from what the executing CPU reports.
+#pragma once
+#include <string>
+#include <vector>
+
+namespace sparseops {
+
+enum class Isa { scalar = 0, avx2 = 1, avx512 = 2, neon = 3 };
+
+struct CpuFeatures {
+  bool avx2_fma = false;      // AVX2 + FMA + F16C
+  bool avx512 = false;        // AVX-512 F/BW/VL/DQ (our "avx512" variant baseline)
+  bool avx512_bf16 = false;   // vdpbf16ps
+  bool avx512_vbmi2 = false;  // 16-bit expand/compress
+  bool avx512_vpopcntdq = false;
+  bool avx512_fp16 = false;
+  bool neon = false;          // always true on aarch64
+  bool neon_fp16 = false;     // FEAT_FP16 arithmetic
+  bool neon_bf16 = false;     // FEAT_BF16
+};
+
+const CpuFeatures& cpu_features();
+const char* isa_name(Isa isa);
+// Parses "scalar|avx2|avx512|neon"; returns false for unknown names.
+bool parse_isa(const std::string& name, Isa* out);
+// ISAs this CPU can run, best last.
+std::vector<Isa> available_isas();
+bool isa_available(Isa isa);
+// The ISA kernels use now: SPARSEOPS_ISA if set (validated on first use), else the best available.
+// Throws std::runtime_error with a clear message for a bad SPARSEOPS_ISA.
+Isa active_isa();
+// Override for tests/benchmarks; throws std::runtime_error if the CPU lacks it.
+void set_active_isa(Isa isa);
+// Drops the override and re-reads SPARSEOPS_ISA.
+void reset_active_isa();
+
+}  // namespace sparseops

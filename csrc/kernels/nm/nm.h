@@ -1,0 +1,69 @@
+// N:M sparse weights, torch-free kernel tier.
+//
+// Format "nm-bitmask", version 1 (the in-memory and state_dict layout; it generalises the
+// compressed-tensors `sparse-24-bitmask` checkpoint format to any N:M):
+//   dense W [O, K], K % m == 0, groups of m consecutive columns along K.
+//   values [O, K/m*n]  same dtype as W: the kept entries of each row in ascending column order.
+//                      Every group contributes exactly n values. A group with fewer than n nonzeros
+//                      also keeps its lowest-index zero entries (stored as they are, so -0.0 survives),
+//                      which makes every row the same length and the round trip bit-exact.
+//   mask   [O, ceil(K/8)] uint8, row-major: bit (k % 8) of byte k / 8 is set iff column k is kept
+//                      (numpy.packbits(..., bitorder="little")). Each group has exactly n set bits;
+//                      bits past K are zero. That is 1 bit of metadata per dense element.
+// Because each group keeps exactly n values, the value offset of any column chunk is known without a
+// prefix sum: chunk c of width w (a multiple of m) starts at value c*w*n/m.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+
+#include "../common/cpu_features.h"
+
+namespace sparseops::nm {
+
+enum class DType : int { f32 = 0, bf16 = 1, f16 = 2 };
+
+inline bool pattern_supported(int n, int m) {
+  return (m == 2 || m == 4 || m == 8 || m == 16) && n >= 1 && n < m;
+}
+
+struct LinearArgs {
+  DType dtype;             // x, values, bias and y share one dtype
+  int n, m;
+  int64_t M;               // rows of x and y
+  int64_t K;               // in_features
+  int64_t O;               // out_features
+  const void* x;           // x[i, k] at x + i * ldx + k (elements), unit stride along k
+  int64_t ldx;
+  const void* values;      // [O, K / m * n], contiguous
+  const uint8_t* mask;     // [O, ceil(K / 8)], contiguous
+  const void* bias;        // [O] or nullptr
+  void* y;                 // y[i, o] at y + i * ldy + o (elements)
+  int64_t ldy;
+};
+
+// y[:, o_begin:o_end] = x @ W[o_begin:o_end]^T + bias, accumulated in fp32 and rounded once.
+// Callers parallelise over disjoint output ranges; shapes, dtypes and n:m must be checked by the caller.
+// The mask itself may be untrusted: every variant counts the set bits of each chunk of columns it
+// processes (a free scalar popcount beside the vector math) and never reads a value outside the
+// chunk's fixed slice. Returns -1 when every row's chunks hold the expected count, else the first
+// bad output row (its outputs are then unspecified). Inputs with NaN/Inf must give what dense math
+// gives (0 * Inf = NaN at pruned positions).
+using LinearFn = int64_t (*)(const LinearArgs&, int64_t o_begin, int64_t o_end);
+int64_t linear_scalar(const LinearArgs&, int64_t o_begin, int64_t o_end);
+int64_t linear_avx2(const LinearArgs&, int64_t o_begin, int64_t o_end);
+int64_t linear_avx512(const LinearArgs&, int64_t o_begin, int64_t o_end);
+int64_t linear_neon(const LinearArgs&, int64_t o_begin, int64_t o_end);
+// The variant for an ISA (nullptr if not compiled for this architecture).
+LinearFn linear_kernel(Isa isa);
+
+// Writes rows [o_begin, o_end) of the dense [O, K] row-major weight (zeros where not kept).
+// Used for to_dense and for the dense-math fallback at large M.
+void decompress(DType dtype, int n, int m, int64_t O, int64_t K, const void* values,
+                const uint8_t* mask, void* dense, int64_t o_begin, int64_t o_end);
+
+// Validates an untrusted mask: returns -1 if every group of m bits has exactly n set bits and the
+// padding bits past K are zero; otherwise the flat index row * (K / m) + group of the first bad group
+// (padding errors report group K / m of that row).
+int64_t find_bad_group(const uint8_t* mask, int64_t O, int64_t K, int n, int m);
+
+}  // namespace sparseops::nm

@@ -1,0 +1,56 @@
+// ISA-independent N:M pieces: dispatch, mask validation, decompression.
+#include <cstring>
+
+#include "../common/half.h"
+#include "nm.h"
+
+namespace sparseops::nm {
+
+LinearFn linear_kernel(Isa isa) {
+  switch (isa) {
+    case Isa::scalar: return linear_scalar;
+#if defined(SPARSEOPS_X86)
+    case Isa::avx2: return linear_avx2;
+    case Isa::avx512: return linear_avx512;
+#endif
+#if defined(SPARSEOPS_AARCH64)
+    case Isa::neon: return linear_neon;
+#endif
+    default: return nullptr;
+  }
+}
+
+static inline bool mask_bit(const uint8_t* row, int64_t k) { return (row[k >> 3] >> (k & 7)) & 1; }
+
+int64_t find_bad_group(const uint8_t* mask, int64_t O, int64_t K, int n, int m) {
+  const int64_t G = K / m, row_bytes = (K + 7) / 8;
+  for (int64_t o = 0; o < O; ++o) {
+    const uint8_t* row = mask + o * row_bytes;
+    for (int64_t g = 0; g < G; ++g) {
+      int cnt = 0;
+      for (int j = 0; j < m; ++j) cnt += mask_bit(row, g * m + j);
+      if (cnt != n) return o * G + g;
+    }
+    for (int64_t k = K; k < row_bytes * 8; ++k)
+      if (mask_bit(row, k)) return o * G + G;
+  }
+  return -1;
+}
+
+void decompress(DType dtype, int n, int m, int64_t O, int64_t K, const void* values,
+                const uint8_t* mask, void* dense, int64_t o_begin, int64_t o_end) {
+  const size_t es = dtype == DType::f32 ? 4 : 2;
+  const int64_t kept = K / m * n, row_bytes = (K + 7) / 8;
+  (void)O;
+  for (int64_t o = o_begin; o < o_end; ++o) {
+    const uint8_t* row = mask + o * row_bytes;
+    const char* v = static_cast<const char*>(values) + o * kept * es;
+    char* d = static_cast<char*>(dense) + o * K * es;
+    std::memset(d, 0, K * es);
+    for (int64_t k = 0; k < K; ++k) {
+      if (mask_bit(row, k)) { std::memcpy(d + k * es, v, es); v += es; }
+    }
+  }
+}
+
+}  // namespace sparseops::nm

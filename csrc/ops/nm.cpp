@@ -1,0 +1,126 @@
+// ATen glue for N:M weights (format "nm-bitmask" v1, csrc/kernels/nm/nm.h): checks, allocation,
+// threading and ISA dispatch.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <atomic>
+
+#include "kernels/nm/nm.h"
+#include "ops/common.h"
+
+namespace sparseops::ops {
+namespace {
+
+using nm::DType;
+
+void check_pattern(int64_t n, int64_t m, int64_t in_features) {
+  TORCH_CHECK(nm::pattern_supported(static_cast<int>(n), static_cast<int>(m)),
+              "sparseops.nm: unsupported pattern ", n, ":", m, " (need m in {2, 4, 8, 16} and 1 <= n < m)");
+  TORCH_CHECK(in_features > 0 && in_features % m == 0, "sparseops.nm: in_features=", in_features,
+              " is not a positive multiple of m=", m);
+}
+
+// Shapes and dtypes of a compressed weight (not its mask bits: see validate / the kernels' checks).
+void check_weight(const at::Tensor& values, const at::Tensor& mask, int64_t n, int64_t m, int64_t K) {
+  check_pattern(n, m, K);
+  TORCH_CHECK(values.dim() == 2, "sparseops.nm: values must be 2-D [out_features, in_features/m*n], got shape ",
+              values.sizes());
+  const int64_t O = values.size(0);
+  TORCH_CHECK(values.size(1) == K / m * n, "sparseops.nm: values has shape ", values.sizes(), " but ", n, ":", m,
+              " with in_features=", K, " needs [", O, ", ", K / m * n, "]");
+  TORCH_CHECK(mask.scalar_type() == at::kByte, "sparseops.nm: mask must be uint8, got ", mask.scalar_type());
+  TORCH_CHECK(mask.dim() == 2 && mask.size(0) == O && mask.size(1) == (K + 7) / 8, "sparseops.nm: mask has shape ",
+              mask.sizes(), ", expected [", O, ", ", (K + 7) / 8, "] for in_features=", K);
+  TORCH_CHECK(mask.device() == values.device(), "sparseops.nm: values on ", values.device(), " but mask on ",
+              mask.device());
+  kernel_dtype(values, "sparseops.nm: values");
+}
+
+at::Tensor nm_linear_cpu(const at::Tensor& x, const at::Tensor& values_in, const at::Tensor& mask_in, int64_t n,
+                         int64_t m, int64_t K, const std::optional<at::Tensor>& bias_in) {
+  check_weight(values_in, mask_in, n, m, K);
+  TORCH_CHECK(x.device().is_cpu() && values_in.device().is_cpu(), "sparseops.nm_linear: the CPU kernel got x on ",
+              x.device(), " and the weight on ", values_in.device());
+  TORCH_CHECK(x.dim() >= 1 && x.size(-1) == K, "sparseops.nm_linear: x has shape ", x.sizes(),
+              " but the weight has in_features=", K);
+  TORCH_CHECK(x.scalar_type() == values_in.scalar_type(), "sparseops.nm_linear: x is ", x.scalar_type(),
+              " but the weight is ", values_in.scalar_type(), " (cast one of them)");
+  const int64_t O = values_in.size(0);
+  at::Tensor bias;
+  if (bias_in.has_value() && bias_in->defined()) {
+    bias = bias_in->contiguous();
+    TORCH_CHECK(bias.dim() == 1 && bias.size(0) == O, "sparseops.nm_linear: bias has shape ", bias.sizes(),
+                ", expected [", O, "]");
+    TORCH_CHECK(bias.scalar_type() == x.scalar_type() && bias.device().is_cpu(), "sparseops.nm_linear: bias is ",
+                bias.scalar_type(), " on ", bias.device(), ", expected ", x.scalar_type(), " on cpu");
+  }
+  const DType dt = kernel_dtype(x, "sparseops.nm_linear: x");
+  at::Tensor values = values_in.contiguous(), mask = mask_in.contiguous();
+  at::Tensor x2 = x.reshape({-1, K});
+  if (x2.size(0) > 1 && x2.stride(1) != 1) x2 = x2.contiguous();
+  if (x2.size(0) <= 1 && !x2.is_contiguous()) x2 = x2.contiguous();
+  const int64_t M = x2.size(0);
+  std::vector<int64_t> out_shape(x.sizes().begin(), x.sizes().end() - 1);
+  out_shape.push_back(O);
+  at::Tensor y = at::empty({M, O}, x.options());
+  if (M == 0 || O == 0) return y.view(out_shape);
+
+  nm::LinearArgs a{};
+  a.dtype = dt; a.n = static_cast<int>(n); a.m = static_cast<int>(m);
+  a.M = M; a.K = K; a.O = O;
+  a.x = x2.data_ptr(); a.ldx = M > 1 ? x2.stride(0) : K;
+  a.values = values.data_ptr(); a.mask = mask.data_ptr<uint8_t>();
+  a.bias = bias.defined() ? bias.data_ptr() : nullptr;
+  a.y = y.data_ptr(); a.ldy = O;
+  const nm::LinearFn fn = nm::linear_kernel(current_isa());
+  std::atomic<int64_t> bad{-1};
+  // Grain: enough rows that each task streams a few hundred KiB of weight.
+  const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 18) / std::max<int64_t>(1, values.size(1) * values.element_size()));
+  at::parallel_for(0, O, grain, [&](int64_t b, int64_t e) {
+    int64_t r = fn(a, b, e);
+    if (r >= 0) {
+      int64_t expected = -1;
+      bad.compare_exchange_strong(expected, r);
+    }
+  });
+  TORCH_CHECK(bad.load() < 0, "sparseops.nm_linear: malformed N:M mask in row ", bad.load(),
+              ": it does not keep exactly ", n, " of every ", m, " entries (sparseops.nm.validate names the group)");
+  return y.view(out_shape);
+}
+
+void nm_validate_cpu(const at::Tensor& values, const at::Tensor& mask_in, int64_t n, int64_t m, int64_t K) {
+  check_weight(values, mask_in, n, m, K);
+  at::Tensor mask = mask_in.contiguous();
+  const int64_t O = values.size(0);
+  int64_t bad = nm::find_bad_group(mask.data_ptr<uint8_t>(), O, K, static_cast<int>(n), static_cast<int>(m));
+  if (bad >= 0) {
+    const int64_t G = K / m, row = bad / G, g = bad % G;
+    TORCH_CHECK(g < G, "sparseops.nm: malformed mask: row ", row, " has bits set past in_features=", K);
+    TORCH_CHECK(false, "sparseops.nm: malformed mask: row ", row, ", group ", g, " (columns ", g * m, "..",
+                g * m + m - 1, ") does not keep exactly ", n, " of ", m, " entries");
+  }
+}
+
+at::Tensor nm_decompress_cpu(const at::Tensor& values_in, const at::Tensor& mask_in, int64_t n, int64_t m, int64_t K) {
+  nm_validate_cpu(values_in, mask_in, n, m, K);
+  at::Tensor values = values_in.contiguous(), mask = mask_in.contiguous();
+  const int64_t O = values.size(0);
+  at::Tensor dense = at::empty({O, K}, values.options());
+  const DType dt = kernel_dtype(values, "sparseops.nm: values");
+  at::parallel_for(0, O, 64, [&](int64_t b, int64_t e) {
+    nm::decompress(dt, static_cast<int>(n), static_cast<int>(m), O, K, values.data_ptr(), mask.data_ptr<uint8_t>(),
+                   dense.data_ptr(), b, e);
+  });
+  return dense;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(sparseops, CPU, m) {
+  m.impl("nm_linear", &nm_linear_cpu);
+  m.impl("nm_validate", &nm_validate_cpu);
+  m.impl("nm_decompress", &nm_decompress_cpu);
+}
+
+}  // namespace sparseops::ops
