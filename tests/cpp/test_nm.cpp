@@ -1,0 +1,187 @@
+// N:M kernels of every available ISA vs a float64 reference; malformed masks; format helpers.
+#include <cmath>
+#include <limits>
+#include <string>
+
+#include "data.h"
+#include "harness.h"
+#include "kernels/nm/nm.h"
+
+namespace sparseops::test {
+namespace {
+
+const int kPatterns[][2] = {{1, 2}, {1, 4}, {2, 4}, {3, 4}, {1, 8}, {2, 8}, {4, 8},
+                            {6, 8}, {1, 16}, {8, 16}, {15, 16}};
+const DType kDtypes[] = {DType::f32, DType::bf16, DType::f16};
+const int64_t kMs[] = {1, 2, 3, 7, 16, 17, 33};
+
+// K: a multiple of m, never of 32 (and K % 8 != 0 for m <= 4, so the mask has padding bits).
+int64_t pick_k(int m, int variant) {
+  const int64_t groups[] = {21, 37};  // 16*21 = 336 and 16*37 = 592 span several 256-column blocks
+  return m * groups[variant % 2];
+}
+
+nm::LinearArgs make_args(DType d, const NmWeight& w, int64_t M, const Buf& x, int64_t ldx, const Buf* bias,
+                         Buf& y, int64_t ldy) {
+  nm::LinearArgs a{};
+  a.dtype = d; a.n = w.n; a.m = w.m; a.M = M; a.K = w.K; a.O = w.O;
+  a.x = x.data(); a.ldx = ldx;
+  a.values = w.values.data(); a.mask = w.mask.data();
+  a.bias = bias ? bias->data() : nullptr;
+  a.y = y.data(); a.ldy = ldy;
+  return a;
+}
+
+}  // namespace
+
+void test_nm_linear(Harness& h) {
+  std::mt19937 rng(1234);
+  const float inf = std::numeric_limits<float>::infinity(), nan = std::numeric_limits<float>::quiet_NaN();
+  for (Isa isa : available_isas()) {
+    const nm::LinearFn fn = nm::linear_kernel(isa);
+    int variant = 0;
+    for (auto& pat : kPatterns) {
+      const int n = pat[0], m = pat[1];
+      for (DType d : kDtypes) {
+        const int64_t K = pick_k(m, variant++), O = 13;
+        NmWeight w(d, n, m, O, K, rng);
+        Buf bias(d, O);
+        fill_uniform(bias, rng);
+        for (int64_t M : kMs) {
+          for (int with_bias = 0; with_bias < 2; ++with_bias) {
+            const int64_t ldx = K + 3, ldy = O + 2;  // strided rows
+            Buf x(d, M * ldx), y(d, M * ldy);
+            fill_uniform(x, rng);
+            // Non-finite inputs in some cases: row 0 gets +Inf at one column, the last row a NaN.
+            const bool nonfinite = (M >= 2 && with_bias);
+            if (nonfinite) {
+              x.set(0 * ldx + K / 3, inf);
+              x.set((M - 1) * ldx + K - 1, nan);
+            }
+            const Buf* b = with_bias ? &bias : nullptr;
+            // Two disjoint output ranges, like two threads.
+            const nm::LinearArgs a = make_args(d, w, M, x, ldx, b, y, ldy);
+            const int64_t split = 5;
+            const int64_t r1 = fn(a, 0, split), r2 = fn(a, split, O);
+            std::vector<double> ref, scale;
+            // The reference uses x with unit stride: repack.
+            Buf xc(d, M * K);
+            for (int64_t i = 0; i < M; ++i)
+              for (int64_t k = 0; k < K; ++k) xc.set(i * K + k, x.get(i * ldx + k));
+            reference(xc, K, w.dense, b, M, O, K, ref, scale);
+            int bad = 0;
+            double worst = 0;
+            int64_t wi = 0, wo = 0;
+            for (int64_t i = 0; i < M; ++i)
+              for (int64_t o = 0; o < O; ++o) {
+                const double got = y.get(i * ldy + o), r = ref[i * O + o];
+                if (!close(got, r, scale[i * O + o], d, K)) {
+                  if (!bad || std::fabs(got - r) > worst) { worst = std::fabs(got - r); wi = i; wo = o; }
+                  ++bad;
+                }
+              }
+            h.check(r1 == -1 && r2 == -1 && bad == 0,
+                    "nm %s %d:%d %s M=%lld K=%lld bias=%d nonfinite=%d: ret %lld/%lld, %d bad, y[%lld,%lld]=%g ref %g",
+                    isa_name(isa), n, m, dtype_name(d), (long long)M, (long long)K, with_bias, nonfinite,
+                    (long long)r1, (long long)r2, bad, (long long)wi, (long long)wo, y.get(wi * ldy + wo),
+                    ref.empty() ? 0.0 : ref[wi * O + wo]);
+          }
+        }
+      }
+    }
+  }
+}
+
+// Malformed masks must give a bad row (the first one) and never read out of bounds; the values
+// buffer is exactly as large as the format says, so the ASan build catches a stray read.
+void test_nm_malformed(Harness& h) {
+  std::mt19937 rng(99);
+  for (Isa isa : available_isas()) {
+    const nm::LinearFn fn = nm::linear_kernel(isa);
+    for (auto& pat : kPatterns) {
+      const int n = pat[0], m = pat[1];
+      for (DType d : {DType::f32, DType::bf16}) {
+        const int64_t O = 9, K = m <= 4 ? m * 75 : m * 21;  // K % 8 != 0 for m <= 4 (padding bits)
+        const int64_t M = 3, row_bytes = (K + 7) / 8;
+        Buf x(d, M * K), y(d, M * O);
+        fill_uniform(x, rng);
+        struct Case { const char* what; int64_t row; int64_t k; bool set; };
+        std::vector<Case> cases;
+        const NmWeight base(d, n, m, O, K, rng);
+        auto kept_bit = [&](int64_t row, int64_t g, bool want) {  // a column of group g with bit == want
+          for (int j = 0; j < m; ++j) {
+            const int64_t k = g * m + j;
+            if (((base.mask[row * row_bytes + k / 8] >> (k % 8)) & 1) == want) return k;
+          }
+          return int64_t(-1);
+        };
+        for (int64_t row : {int64_t(0), int64_t(4), O - 1})
+          for (int64_t g : {int64_t(0), K / m / 2, K / m - 1}) {
+            cases.push_back({"extra bit", row, kept_bit(row, g, false), true});
+            cases.push_back({"missing bit", row, kept_bit(row, g, true), false});
+          }
+        if (K % 8) {
+          cases.push_back({"bit past K", O - 1, K, true});
+          cases.push_back({"bit past K", 2, row_bytes * 8 - 1, true});
+        }
+        for (const Case& c : cases) {
+          NmWeight w = base;
+          uint8_t& byte = w.mask[c.row * row_bytes + c.k / 8];
+          if (c.set) byte |= static_cast<uint8_t>(1u << (c.k % 8));
+          else byte &= static_cast<uint8_t>(~(1u << (c.k % 8)));
+          for (int64_t mm : {int64_t(1), M}) {  // M = 1 has its own path in some variants
+            const nm::LinearArgs a = make_args(d, w, mm, x, K, nullptr, y, O);
+            const int64_t r = fn(a, 0, O);
+            h.check(r == c.row, "nm %s %d:%d %s M=%lld: %s at row %lld col %lld: returned %lld", isa_name(isa), n,
+                    m, dtype_name(d), (long long)mm, c.what, (long long)c.row, (long long)c.k, (long long)r);
+          }
+          const int64_t g = nm::find_bad_group(w.mask.data(), O, K, n, m);
+          const int64_t want_g = c.row * (K / m) + (c.k >= K ? K / m : c.k / m);
+          if (isa == Isa::scalar)
+            h.check(g == want_g, "find_bad_group %d:%d %s at row %lld col %lld: %lld, want %lld", n, m, c.what,
+                    (long long)c.row, (long long)c.k, (long long)g, (long long)want_g);
+        }
+        // A whole row of set bits (reads as far as a kernel could be tempted to) and a range that
+        // starts past an earlier bad row.
+        NmWeight w = base;
+        for (int64_t b = 0; b < row_bytes; ++b) w.mask[(O - 1) * row_bytes + b] = 0xFF;
+        for (int64_t b = 0; b < row_bytes; ++b) w.mask[2 * row_bytes + b] = 0;
+        for (int64_t mm : {int64_t(1), M}) {
+          const nm::LinearArgs a = make_args(d, w, mm, x, K, nullptr, y, O);
+          const int64_t r_all = fn(a, 0, O), r_tail = fn(a, 3, O), r_ok = fn(a, 3, O - 1);
+          h.check(r_all == 2 && r_tail == O - 1 && r_ok == -1,
+                  "nm %s %d:%d %s M=%lld all-ones/all-zero rows: %lld %lld %lld", isa_name(isa), n, m,
+                  dtype_name(d), (long long)mm, (long long)r_all, (long long)r_tail, (long long)r_ok);
+        }
+      }
+    }
+  }
+}
+
+void test_nm_format(Harness& h) {
+  std::mt19937 rng(7);
+  for (auto& pat : kPatterns) {
+    const int n = pat[0], m = pat[1];
+    for (DType d : kDtypes) {
+      const int64_t O = 7, K = m * 11;
+      NmWeight w(d, n, m, O, K, rng);
+      Buf dense(d, O * K);
+      // Poison first: decompress must write every element of its rows (zeros where pruned).
+      for (size_t i = 0; i < dense.size(); ++i) dense.set(i, 7.0f);
+      nm::decompress(d, n, m, O, K, w.values.data(), w.mask.data(), dense.data(), 0, 3);
+      nm::decompress(d, n, m, O, K, w.values.data(), w.mask.data(), dense.data(), 3, O);
+      h.check(dense.bytes == w.dense.bytes, "decompress %d:%d %s differs from the reference", n, m, dtype_name(d));
+      h.check(nm::find_bad_group(w.mask.data(), O, K, n, m) == -1, "find_bad_group %d:%d flags a valid mask", n, m);
+      // -0.0 kept values survive the round trip bit-exactly.
+      NmWeight z = w;
+      z.values.set(0, -0.0f);
+      nm::decompress(d, n, m, O, K, z.values.data(), z.mask.data(), dense.data(), 0, 1);
+      int64_t first = 0;
+      while (!((z.mask[first / 8] >> (first % 8)) & 1)) ++first;
+      const float v = dense.get(first);
+      h.check(v == 0.0f && std::signbit(v), "decompress %d:%d %s loses -0.0", n, m, dtype_name(d));
+    }
+  }
+}
+
+}  // namespace sparseops::test
