@@ -95,7 +95,7 @@ void nm_validate_cpu(const at::Tensor& values, const at::Tensor& mask_in, int64_
   const int64_t O = values.size(0);
   int64_t bad = nm::find_bad_group(mask.data_ptr<uint8_t>(), O, K, static_cast<int>(n), static_cast<int>(m));
   if (bad >= 0) {
-    const int64_t G = K / m, row = bad / G, g = bad % G;
+    const int64_t G = K / m, row = bad / (G + 1), g = bad % (G + 1);
     TORCH_CHECK(g < G, "sparseops.nm: malformed mask: row ", row, " has bits set past in_features=", K);
     TORCH_CHECK(false, "sparseops.nm: malformed mask: row ", row, ", group ", g, " (columns ", g * m, "..",
                 g * m + m - 1, ") does not keep exactly ", n, " of ", m, " entries");

@@ -6,3 +6,8 @@ Importing this package loads the native library, which registers every op under
 from ._runtime import cpu_isa, cpu_isas, info, set_isa, use_isa  # noqa: F401
 
 __version__ = "0.1.0"
+
+from . import _meta  # noqa: E402,F401  (fake kernels and autograd for torch.ops.sparseops)
+from . import nm, nn  # noqa: E402,F401
+from .nn import SparseLinear  # noqa: E402,F401
+from .sparsify import densify, sparsify  # noqa: E402,F401  (sparseops.sparsify is the function)

@@ -136,7 +136,7 @@ void test_nm_malformed(Harness& h) {
                     m, dtype_name(d), (long long)mm, c.what, (long long)c.row, (long long)c.k, (long long)r);
           }
           const int64_t g = nm::find_bad_group(w.mask.data(), O, K, n, m);
-          const int64_t want_g = c.row * (K / m) + (c.k >= K ? K / m : c.k / m);
+          const int64_t want_g = c.row * (K / m + 1) + (c.k >= K ? K / m : c.k / m);
           if (isa == Isa::scalar)
             h.check(g == want_g, "find_bad_group %d:%d %s at row %lld col %lld: %lld, want %lld", n, m, c.what,
                     (long long)c.row, (long long)c.k, (long long)g, (long long)want_g);

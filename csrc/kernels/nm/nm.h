@@ -62,8 +62,8 @@ void decompress(DType dtype, int n, int m, int64_t O, int64_t K, const void* val
                 const uint8_t* mask, void* dense, int64_t o_begin, int64_t o_end);
 
 // Validates an untrusted mask: returns -1 if every group of m bits has exactly n set bits and the
-// padding bits past K are zero; otherwise the flat index row * (K / m) + group of the first bad group
-// (padding errors report group K / m of that row).
+// padding bits past K are zero; otherwise row * (K / m + 1) + group for the first bad group, where
+// group == K / m means bits set past K in that row.
 int64_t find_bad_group(const uint8_t* mask, int64_t O, int64_t K, int n, int m);
 
 }  // namespace sparseops::nm

@@ -29,10 +29,10 @@ int64_t find_bad_group(const uint8_t* mask, int64_t O, int64_t K, int n, int m) 
     for (int64_t g = 0; g < G; ++g) {
       int cnt = 0;
       for (int j = 0; j < m; ++j) cnt += mask_bit(row, g * m + j);
-      if (cnt != n) return o * G + g;
+      if (cnt != n) return o * (G + 1) + g;
     }
     for (int64_t k = K; k < row_bytes * 8; ++k)
-      if (mask_bit(row, k)) return o * G + G;
+      if (mask_bit(row, k)) return o * (G + 1) + G;
   }
   return -1;
 }
