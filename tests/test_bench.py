@@ -1,0 +1,132 @@
+"""The benchmark harness: a --quick nm run end to end (JSON + PNG), the timing helper and the table."""
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from sparseops.bench import harness
+from sparseops.bench.harness import Column, format_table, time_fn
+
+
+def test_nm_quick_run_writes_json_and_plot(tmp_path):
+    js, png = tmp_path / "nm.json", tmp_path / "nm.png"
+    cmd = [sys.executable, "-m", "sparseops.bench", "nm", "--quick", "--patterns", "2:4,1:4",
+           "--json", str(js), "--plot", str(png), "--no-progress"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "speed-up" in r.stdout and "2:4" in r.stdout
+    d = json.loads(js.read_text())
+    assert d["suite"] == "nm" and "--quick" in d["command"]
+    m = d["machine"]
+    assert m["read_bw_gbs"] > 0 and m["peak_gflops"]["fp32"] > 0 and m["peak_gflops"]["bf16"] > 0
+    assert m["cores"] >= 1 and m["cpu_model"]
+    assert d["sparseops"]["cpu_isa"] and d["torch"]
+    assert "git_commit" in d and "timestamp" in d
+    rows = d["rows"]
+    # 2 quick shapes x 2 M x 2 patterns x 2 dtypes
+    assert len(rows) == 16
+    assert {r["pattern"] for r in rows} == {"2:4", "1:4"} and {r["dtype"] for r in rows} == {"fp32", "bf16"}
+    for row in rows:
+        assert row["sparse_ms"] > 0 and row["dense_ms"] > 0
+        assert 0 < row["sparse_min_ms"] <= row["sparse_ms"] and 0 < row["dense_min_ms"] <= row["dense_ms"]
+        assert row["speedup"] == pytest.approx(row["dense_ms"] / row["sparse_ms"])
+        assert row["sparse_gbs"] > 0 and row["sparse_bw_pct"] > 0 and row["gflops"] > 0
+        assert row["path"] == "-" or row["path"]
+    assert all(r["max_rel_err"] is not None for r in rows if r["M"] == 1)
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        pytest.skip("matplotlib is not installed: --plot only prints a message")
+    assert png.exists() and png.stat().st_size > 1000
+
+
+def test_unknown_suite_lists_known_ones():
+    r = subprocess.run([sys.executable, "-m", "sparseops.bench", "nosuch"], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode != 0 and "nosuch" in r.stderr and "nm" in r.stderr
+
+
+def test_time_fn_on_a_known_sleep():
+    calls = []
+
+    def f():
+        calls.append(1)
+        time.sleep(0.01)
+
+    t = time_fn(f, min_time=0.05, min_reps=5, max_time=1.0, warmup_time=0.0)
+    assert t.reps >= 5 and len(calls) == t.reps + 1  # one warm-up call
+    assert 0.0095 <= t.min_s <= t.median_s
+    assert t.median_s < 0.05  # sleep overshoots a little, not by 5x even on a busy machine
+    assert t.median_ms == pytest.approx(t.median_s * 1e3)
+
+
+def test_time_fn_stops_slow_calls_at_max_time():
+    t = time_fn(lambda: time.sleep(0.05), min_time=10.0, min_reps=50, max_time=0.12, warmup_time=0.0)
+    assert t.reps == 3  # 3 reps pass max_time: stop there rather than take 50
+
+
+def test_time_fn_fixed_repeats():
+    h = harness.Harness("cpu", quick=True, progress=False)
+    h.fixed_repeats(4)
+    assert h.time(lambda: None).reps == 4
+
+
+def test_copies_exceed_the_cache():
+    h = harness.Harness("cpu", llc_mib=32, progress=False)
+    k = h.copies(10 << 20)
+    assert k * (10 << 20) >= 3 * (32 << 20) and (k - 1) * (10 << 20) < 3 * (32 << 20)
+    assert h.copies(1 << 30) == 1
+    assert h.copies(16, cap=64) == 64
+
+
+def test_format_table():
+    rows = [{"name": "a", "ms": 1.23456, "x": 2}, {"name": "longer", "ms": 10.0, "x": None}]
+    out = format_table(rows, [Column("name", "name"), Column("ms", "ms", ".2f"), Column("x", "x", "d")])
+    lines = out.splitlines()
+    assert lines[0].split() == ["name", "ms", "x"]
+    assert set(lines[1].replace(" ", "")) == {"-"}
+    assert lines[2].split() == ["a", "1.23", "2"] and lines[3].split() == ["longer", "10.00", "-"]
+    # numbers right-aligned: decimal points line up
+    assert lines[2].index(".") == lines[3].index(".")
+
+
+def test_plot_without_rows_says_why(tmp_path):
+    msg = harness.plot_speedup([], str(tmp_path / "p.png"), panel=("a",), series=("b",), x="c")
+    assert msg and "--plot" in msg and not os.path.exists(tmp_path / "p.png")
+
+
+def test_plot_without_matplotlib_is_a_message(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now raises ImportError
+    rows = [{"a": "p", "b": "s", "c": 1, "speedup": 1.5}]
+    msg = harness.plot_speedup(rows, str(tmp_path / "p.png"), panel=("a",), series=("b",), x="c")
+    assert msg and "matplotlib is not installed" in msg and not os.path.exists(tmp_path / "p.png")
+
+
+def test_bad_isa_fails_before_measuring():
+    r = subprocess.run([sys.executable, "-m", "sparseops.bench", "nm", "--quick", "--isa", "nosuch"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0 and "--isa nosuch" in r.stderr and "rows in" not in r.stdout
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("n,m", [(2, 4), (1, 4), (2, 8), (4, 8)])
+def test_bench_weights_match_prune_and_compress(n, m, dtype):
+    """The suite's plain-torch weight builder gives what sparseops.nm.compress(prune(w)) gives, ties included,
+    so either can build the benchmark's weights."""
+    import sparseops
+    from sparseops.bench.nm import nm_weight
+
+    g = torch.Generator().manual_seed(n * 10 + m)
+    w = torch.randn(37, 8 * 17, generator=g).to(dtype)
+    w[0, :m] = 1.0  # a group of ties
+    values, mask = nm_weight(w, n, m)
+    ref = sparseops.nm.compress(sparseops.nm.prune(w, n, m), n, m)
+    assert torch.equal(values, ref.values) and torch.equal(mask, ref.mask)
+    x = torch.randn(3, w.shape[1], generator=g).to(dtype)
+    y = torch.ops.sparseops.nm_linear(x, values, mask, n, m, w.shape[1], None)
+    exp = torch.nn.functional.linear(x.double(), sparseops.nm.prune(w, n, m).double())
+    assert torch.allclose(y.double(), exp, rtol=2e-2, atol=2e-2 * exp.abs().max().item())
