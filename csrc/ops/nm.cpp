@@ -4,7 +4,10 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <atomic>
+#include <cstdlib>
+#include <cstring>
 
 #include "kernels/nm/nm.h"
 #include "ops/common.h"
@@ -13,6 +16,24 @@ namespace sparseops::ops {
 namespace {
 
 using nm::DType;
+
+// Large M is compute bound. For bf16/fp16 the kernels (a kept-only GEMM from 40 rows on) beat
+// torch's dense GEMM at every measured M. For fp32 at density 1/2 (2:4, 4:8) MKL's sgemm is faster than
+// our kept-only GEMM, so from kDenseTilesMinM rows on, the dense GEMM runs on decoded weight tiles
+// instead (~1.0x dense; measured in bench/results/). Below that M the expanded kernels are used.
+constexpr int64_t kDenseTilesMinM = 128;
+// SPARSEOPS_NM_LARGE_M=kernel|tiles forces one path for M >= kDenseTilesMinM (benchmarks, experiments).
+inline bool use_dense_tiles(int64_t M, int64_t n, int64_t m, DType dt) {
+  if (M < kDenseTilesMinM) return false;
+  const char* force = std::getenv("SPARSEOPS_NM_LARGE_M");
+  if (force && std::strcmp(force, "kernel") == 0) return false;
+  if (force && std::strcmp(force, "tiles") == 0) return true;
+  return dt == DType::f32 && 4 * n > m;
+}
+
+// Which path the last nm_linear call took (read by benchmarks through sparseops.last_path()).
+constexpr int kPathNone = 0, kPathKernel = 1, kPathDenseTiles = 2;
+std::atomic<int> g_last_path{kPathNone};
 
 void check_pattern(int64_t n, int64_t m, int64_t in_features) {
   TORCH_CHECK(nm::pattern_supported(static_cast<int>(n), static_cast<int>(m)),
@@ -73,8 +94,35 @@ at::Tensor nm_linear_cpu(const at::Tensor& x, const at::Tensor& values_in, const
   a.values = values.data_ptr(); a.mask = mask.data_ptr<uint8_t>();
   a.bias = bias.defined() ? bias.data_ptr() : nullptr;
   a.y = y.data_ptr(); a.ldy = O;
-  const nm::LinearFn fn = nm::linear_kernel(current_isa());
+  const Isa isa = current_isa();
   std::atomic<int64_t> bad{-1};
+  if (use_dense_tiles(M, n, m, dt)) {
+    g_last_path.store(kPathDenseTiles);
+    // Decode the weight a few MiB at a time (all threads), then run torch's multi-threaded dense GEMM
+    // on that tile while it is still in the last-level cache; the decode costs ~1/M of the GEMM.
+    const int64_t TB = std::max<int64_t>(64, (int64_t(8) << 20) / (K * values.element_size()));
+    const nm::DecodeRowsFn dec = nm::decode_rows_kernel(isa);
+    at::Tensor tile = at::empty({std::min(TB, O), K}, values.options());
+    for (int64_t o0 = 0; o0 < O && bad.load() < 0; o0 += TB) {
+      const int64_t rows = std::min(TB, O - o0);
+      at::parallel_for(0, rows, 16, [&](int64_t b, int64_t e) {
+        const int64_t r = dec(a, static_cast<char*>(tile.data_ptr()) + b * K * values.element_size(), K,
+                              o0 + b, o0 + e);
+        if (r >= 0) {
+          int64_t expected = -1;
+          bad.compare_exchange_strong(expected, r);
+        }
+      });
+      if (bad.load() >= 0) break;
+      at::Tensor w = tile.narrow(0, 0, rows);
+      y.narrow(1, o0, rows).copy_(bias.defined() ? at::addmm(bias.narrow(0, o0, rows), x2, w.t()) : at::mm(x2, w.t()));
+    }
+    TORCH_CHECK(bad.load() < 0, "sparseops.nm_linear: malformed N:M mask in row ", bad.load(),
+                ": it does not keep exactly ", n, " of every ", m, " entries (sparseops.nm.validate names the group)");
+    return y.view(out_shape);
+  }
+  g_last_path.store(kPathKernel);
+  const nm::LinearFn fn = nm::linear_kernel(isa);
   // Grain: enough rows that each task streams a few hundred KiB of weight.
   const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 18) / std::max<int64_t>(1, values.size(1) * values.element_size()));
   at::parallel_for(0, O, grain, [&](int64_t b, int64_t e) {
@@ -124,3 +172,11 @@ TORCH_LIBRARY_IMPL(sparseops, CPU, m) {
 }
 
 }  // namespace sparseops::ops
+
+extern "C" const char* sparseops_nm_last_path() {
+  switch (sparseops::ops::g_last_path.load()) {
+    case sparseops::ops::kPathKernel: return "sparse-kernel";
+    case sparseops::ops::kPathDenseTiles: return "dense-gemm-tiles";
+    default: return "-";
+  }
+}

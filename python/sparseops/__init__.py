@@ -3,7 +3,7 @@
 Importing this package loads the native library, which registers every op under
 ``torch.ops.sparseops``.
 """
-from ._runtime import cpu_isa, cpu_isas, info, set_isa, use_isa  # noqa: F401
+from ._runtime import cpu_isa, cpu_isas, info, last_path, set_isa, use_isa  # noqa: F401
 
 __version__ = "0.1.0"
 
@@ -11,3 +11,5 @@ from . import _meta  # noqa: E402,F401  (fake kernels and autograd for torch.ops
 from . import nm, nn  # noqa: E402,F401
 from .nn import SparseLinear  # noqa: E402,F401
 from .sparsify import densify, sparsify  # noqa: E402,F401  (sparseops.sparsify is the function)
+from . import kv  # noqa: E402,F401
+from . import attention  # noqa: E402,F401

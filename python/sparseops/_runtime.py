@@ -17,6 +17,7 @@ _lib.sparseops_set_isa.argtypes = [ctypes.c_char_p]
 _lib.sparseops_last_error.restype = ctypes.c_char_p
 _lib.sparseops_version.restype = ctypes.c_char_p
 _lib.sparseops_cuda_archs.restype = ctypes.c_char_p
+_lib.sparseops_nm_last_path.restype = ctypes.c_char_p
 
 ISAS = ("scalar", "avx2", "avx512", "neon")
 
@@ -61,6 +62,12 @@ def use_isa(name: str):
         yield
     finally:
         set_isa(previous)
+
+
+def last_path() -> str:
+    """Which path the last CPU nm_linear call took: "sparse-kernel", or "dense-gemm-tiles" where a dense
+    GEMM on decoded weight tiles is faster (large M at density above 1/4)."""
+    return _lib.sparseops_nm_last_path().decode()
 
 
 def version() -> str:

@@ -26,5 +26,7 @@ void test_nm_linear(Harness& h);
 void test_nm_malformed(Harness& h);
 void test_nm_format(Harness& h);
 void test_dense(Harness& h);
+void test_kv(Harness& h);
+void test_attn(Harness& h);
 
 }  // namespace sparseops::test

@@ -10,7 +10,7 @@ int main() {
   const auto t0 = std::chrono::steady_clock::now();
   struct { const char* name; void (*fn)(Harness&); } suites[] = {
       {"isa", test_isa},           {"nm_format", test_nm_format}, {"nm_linear", test_nm_linear},
-      {"nm_malformed", test_nm_malformed}, {"dense", test_dense},
+      {"nm_malformed", test_nm_malformed}, {"dense", test_dense}, {"kv", test_kv}, {"attn", test_attn},
   };
   for (auto& s : suites) {
     const int p0 = h.passed, f0 = h.failed;

@@ -1,5 +1,6 @@
 // N:M kernels of every available ISA vs a float64 reference; malformed masks; format helpers.
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <string>
 
@@ -180,6 +181,27 @@ void test_nm_format(Harness& h) {
       while (!((z.mask[first / 8] >> (first % 8)) & 1)) ++first;
       const float v = dense.get(first);
       h.check(v == 0.0f && std::signbit(v), "decompress %d:%d %s loses -0.0", n, m, dtype_name(d));
+      // decode_rows of every ISA: bit-exact tiles at a row offset and stride; malformed rows named.
+      for (Isa isa : available_isas()) {
+        const int64_t K2 = m * 37, ld = K2 + 5;  // 37 groups: full 16-column chunks plus a tail
+        NmWeight w2(d, n, m, O, K2, rng);
+        Buf x(d, K2), y(d, O);
+        const nm::LinearArgs a = make_args(d, w2, 1, x, K2, nullptr, y, O);
+        const nm::DecodeRowsFn dec = nm::decode_rows_kernel(isa);
+        Buf tile(d, (O - 2) * ld);
+        const int64_t r = dec(a, tile.data(), ld, 2, O);
+        bool same = r == -1;
+        for (int64_t o = 2; o < O && same; ++o)
+          for (int64_t k = 0; k < K2; ++k)
+            same = same && std::memcmp(static_cast<const char*>(tile.data()) + ((o - 2) * ld + k) * esize(d),
+                                       static_cast<const char*>(w2.dense.data()) + (o * K2 + k) * esize(d), esize(d)) == 0;
+        h.check(same, "decode_rows %s %d:%d %s differs from the dense weight", isa_name(isa), n, m, dtype_name(d));
+        NmWeight bad = w2;
+        bad.mask[4 * bad.row_bytes + 1] ^= 0x10;  // row 4 loses or gains one kept column
+        const nm::LinearArgs ab = make_args(d, bad, 1, x, K2, nullptr, y, O);
+        h.check(dec(ab, tile.data(), ld, 2, O) == 4, "decode_rows %s %d:%d %s misses a malformed row",
+                isa_name(isa), n, m, dtype_name(d));
+      }
     }
   }
 }

@@ -56,6 +56,16 @@ int64_t linear_neon(const LinearArgs&, int64_t o_begin, int64_t o_end);
 // The variant for an ISA (nullptr if not compiled for this architecture).
 LinearFn linear_kernel(Isa isa);
 
+// Rows [o_begin, o_end) of the dense weight, in the weight's dtype, to dense + (o - o_begin) * ld.
+// Same untrusted-mask contract as LinearFn (-1 or the first bad row). The glue's dense-math path at
+// large M decodes tiles with it and multiplies them with a dense GEMM.
+using DecodeRowsFn = int64_t (*)(const LinearArgs& a, void* dense, int64_t ld, int64_t o_begin, int64_t o_end);
+int64_t decode_rows_scalar(const LinearArgs& a, void* dense, int64_t ld, int64_t o_begin, int64_t o_end);
+int64_t decode_rows_avx2(const LinearArgs& a, void* dense, int64_t ld, int64_t o_begin, int64_t o_end);
+int64_t decode_rows_avx512(const LinearArgs& a, void* dense, int64_t ld, int64_t o_begin, int64_t o_end);
+// The best decoder for an ISA (NEON uses the scalar one).
+DecodeRowsFn decode_rows_kernel(Isa isa);
+
 // Writes rows [o_begin, o_end) of the dense [O, K] row-major weight (zeros where not kept).
 // Used for to_dense and for the dense-math fallback at large M.
 void decompress(DType dtype, int n, int m, int64_t O, int64_t K, const void* values,

@@ -116,4 +116,8 @@ int64_t linear_avx2(const LinearArgs& a, int64_t o_begin, int64_t o_end) {
   return x86::run<Avx2Dec>(a, o_begin, o_end);
 }
 
+int64_t decode_rows_avx2(const LinearArgs& a, void* dense, int64_t ld, int64_t o_begin, int64_t o_end) {
+  return x86::decode_rows<Avx2Dec>(a, dense, ld, o_begin, o_end);
+}
+
 }  // namespace sparseops::nm

@@ -131,4 +131,8 @@ int64_t linear_avx512(const LinearArgs& a, int64_t o_begin, int64_t o_end) {
   return x86::run<Avx512Dec>(a, o_begin, o_end);
 }
 
+int64_t decode_rows_avx512(const LinearArgs& a, void* dense, int64_t ld, int64_t o_begin, int64_t o_end) {
+  return x86::decode_rows<Avx512Dec>(a, dense, ld, o_begin, o_end);
+}
+
 }  // namespace sparseops::nm

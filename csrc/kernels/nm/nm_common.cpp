@@ -20,6 +20,16 @@ LinearFn linear_kernel(Isa isa) {
   }
 }
 
+DecodeRowsFn decode_rows_kernel(Isa isa) {
+  switch (isa) {
+#if defined(SPARSEOPS_X86)
+    case Isa::avx2: return decode_rows_avx2;
+    case Isa::avx512: return decode_rows_avx512;
+#endif
+    default: return decode_rows_scalar;
+  }
+}
+
 static inline bool mask_bit(const uint8_t* row, int64_t k) { return (row[k >> 3] >> (k & 7)) & 1; }
 
 int64_t find_bad_group(const uint8_t* mask, int64_t O, int64_t K, int n, int m) {
@@ -51,6 +61,26 @@ void decompress(DType dtype, int n, int m, int64_t O, int64_t K, const void* val
       if (mask_bit(row, k)) { std::memcpy(d + k * es, v, es); v += es; }
     }
   }
+}
+
+int64_t decode_rows_scalar(const LinearArgs& a, void* dense, int64_t ld, int64_t o_begin, int64_t o_end) {
+  const size_t es = a.dtype == DType::f32 ? 4 : 2;
+  const int64_t kept = a.K / a.m * a.n, row_bytes = (a.K + 7) / 8;
+  for (int64_t o = o_begin; o < o_end; ++o) {
+    const uint8_t* row = a.mask + o * row_bytes;
+    const char* v = static_cast<const char*>(a.values) + o * kept * es;
+    char* d = static_cast<char*>(dense) + (o - o_begin) * ld * es;
+    std::memset(d, 0, a.K * es);
+    int64_t c = 0;
+    for (int64_t k = 0; k < row_bytes * 8; ++k) {
+      if (!mask_bit(row, k)) continue;
+      if (k >= a.K || c == kept) return o;  // bits past K, or more than the row's values
+      std::memcpy(d + k * es, v + c * es, es);
+      ++c;
+    }
+    if (c != kept) return o;
+  }
+  return -1;
 }
 
 }  // namespace sparseops::nm

@@ -497,6 +497,52 @@ static int64_t run_dense_math(const LinearArgs& a, const Geo& g, int64_t o_begin
   return run_blocked<Dec, D>(a, g, o_begin, o_end);
 }
 
+// Rows [o_begin, o_end) of the dense weight in its own dtype (the glue's dense-math path at large M).
+// Widening bf16/fp16 to fp32 and back is exact, so the decoded tile holds the stored bits.
+template <class Dec, DType D>
+static int64_t decode_rows_t(const LinearArgs& a, void* dense, int64_t ld, int64_t o_begin, int64_t o_end) {
+  const Geo g(a);
+  const typename Dec::Slice sl(g);
+  for (int64_t o = o_begin; o < o_end; ++o) {
+    const char* vr = static_cast<const char*>(a.values) + o * g.kept * g.es;
+    const uint8_t* mr = a.mask + o * g.rb;
+    char* dr = static_cast<char*>(dense) + (o - o_begin) * ld * g.es;
+    int bad = 0;
+    alignas(64) float t[CW];
+    auto put = [&](int64_t k0, int cols) {
+      if constexpr (D == DType::f32) {
+        std::memcpy(dr + k0 * 4, t, cols * 4);
+      } else {
+        uint16_t* d16 = reinterpret_cast<uint16_t*>(dr) + k0;
+        for (int j = 0; j < cols; ++j)
+          d16[j] = D == DType::bf16 ? static_cast<uint16_t>(f32_to_bits(t[j]) >> 16) : f32_to_f16(t[j]);
+      }
+    };
+    for (int64_t c = 0; c < g.nfull; ++c) {
+      typename Dec::Chunk w;
+      bad |= Dec::template decode<D>(sl, vr, mr, c, w.v);
+      std::memcpy(t, w.v, sizeof(t));
+      put(c * CW, CW);
+    }
+    if (g.tw) {
+      bad |= !decode_tail(D, g, a.values, a.mask, o, t);
+      put(g.nfull * CW, g.tw);
+    }
+    if (bad) return o;
+  }
+  return -1;
+}
+
+template <class Dec>
+static inline int64_t decode_rows(const LinearArgs& a, void* dense, int64_t ld, int64_t o_begin, int64_t o_end) {
+  switch (a.dtype) {
+    case DType::f32: return decode_rows_t<Dec, DType::f32>(a, dense, ld, o_begin, o_end);
+    case DType::bf16: return decode_rows_t<Dec, DType::bf16>(a, dense, ld, o_begin, o_end);
+    case DType::f16: return decode_rows_t<Dec, DType::f16>(a, dense, ld, o_begin, o_end);
+  }
+  return -1;
+}
+
 template <class Dec>
 static inline int64_t run(const LinearArgs& a, int64_t o_begin, int64_t o_end) {
   if (o_begin >= o_end) return -1;

@@ -1,0 +1,125 @@
+// Block-sparse attention, AVX2 + FMA + F16C variant: register-tiled fp32 GEMM (6 rows x 16 columns),
+// vector exp2 and online softmax with 8 query columns per vector; the algorithm is attn_impl.h's.
+#include <immintrin.h>
+
+#include "attn_impl.h"
+
+namespace sparseops::attn {
+namespace {
+
+// C[MR x 16] (+)= A[MR x K] B[K x 16]; A[r][k] at A[r * ars + k * aks].
+template <int MR>
+static inline void micro(int64_t K, const float* A, int64_t ars, int64_t aks, const float* B, int64_t ldb, float* C,
+                         int64_t ldc, bool accumulate) {
+  __m256 c[MR][2];
+  for (int r = 0; r < MR; ++r)
+    for (int n = 0; n < 2; ++n) c[r][n] = accumulate ? _mm256_loadu_ps(C + r * ldc + 8 * n) : _mm256_setzero_ps();
+  for (int64_t k = 0; k < K; ++k) {
+    const __m256 b0 = _mm256_loadu_ps(B + k * ldb), b1 = _mm256_loadu_ps(B + k * ldb + 8);
+    const float* ak = A + k * aks;
+    for (int r = 0; r < MR; ++r) {
+      const __m256 av = _mm256_broadcast_ss(ak + r * ars);
+      c[r][0] = _mm256_fmadd_ps(av, b0, c[r][0]);
+      c[r][1] = _mm256_fmadd_ps(av, b1, c[r][1]);
+    }
+  }
+  for (int r = 0; r < MR; ++r)
+    for (int n = 0; n < 2; ++n) _mm256_storeu_ps(C + r * ldc + 8 * n, c[r][n]);
+}
+
+template <int MR>
+static inline void micro_rows(int64_t N, int64_t K, const float* A, int64_t ars, int64_t aks, const float* B,
+                              int64_t ldb, float* C, int64_t ldc, bool acc) {
+  for (int64_t j = 0; j < N; j += 16) micro<MR>(K, A, ars, aks, B + j, ldb, C + j, ldc, acc);
+}
+
+static inline __m256 exp2_v(__m256 x) {
+  const __m256 lo = _mm256_set1_ps(-126.0f);
+  const __m256 xc = _mm256_max_ps(x, lo);
+  const __m256 n = _mm256_round_ps(xc, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m256 f = _mm256_sub_ps(xc, n);
+  __m256 p = _mm256_set1_ps(1.5353362e-4f);
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.3398874e-3f));
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(9.6181291e-3f));
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(5.5504109e-2f));
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(2.4022652e-1f));
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(6.9314718e-1f));
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.0f));
+  const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  const __m256 r = _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+  return _mm256_andnot_ps(_mm256_cmp_ps(x, lo, _CMP_LT_OQ), r);  // 0 below -126 (and for -inf)
+}
+
+struct Avx2Ops {
+  static void gemm(int64_t M, int64_t N, int64_t K, const float* A, int64_t ars, int64_t aks, const float* B,
+                   int64_t ldb, float* C, int64_t ldc, bool acc) {
+    int64_t i = 0;
+    for (; i + 6 <= M; i += 6) micro_rows<6>(N, K, A + i * ars, ars, aks, B, ldb, C + i * ldc, ldc, acc);
+    const float* Ai = A + i * ars;
+    float* Ci = C + i * ldc;
+    switch (M - i) {
+      case 5: micro_rows<5>(N, K, Ai, ars, aks, B, ldb, Ci, ldc, acc); break;
+      case 4: micro_rows<4>(N, K, Ai, ars, aks, B, ldb, Ci, ldc, acc); break;
+      case 3: micro_rows<3>(N, K, Ai, ars, aks, B, ldb, Ci, ldc, acc); break;
+      case 2: micro_rows<2>(N, K, Ai, ars, aks, B, ldb, Ci, ldc, acc); break;
+      case 1: micro_rows<1>(N, K, Ai, ars, aks, B, ldb, Ci, ldc, acc); break;
+      default: break;
+    }
+  }
+  static void load(DType dt, const void* src, int64_t n, float* dst) {
+    if (dt == DType::f32) {
+      std::memcpy(dst, src, n * sizeof(float));
+      return;
+    }
+    const uint16_t* s = static_cast<const uint16_t*>(src);
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+      const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(s + i));
+      const __m256 f = dt == DType::bf16 ? _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16))
+                                         : _mm256_cvtph_ps(h);
+      _mm256_storeu_ps(dst + i, f);
+    }
+    load_generic(dt, s + i, n - i, dst + i);
+  }
+  static void store(DType dt, const float* src, int64_t n, void* dst) { store_generic(dt, src, n, dst); }
+  // GenericOps::softmax with 8 query columns per vector.
+  static void softmax(float* ST, int64_t ld, int64_t cols, int64_t n, int64_t diag, bool causal, int64_t nvalid,
+                      float* m, float* l, float* alpha) {
+    const __m256 ninf = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    for (int64_t i = 0; i < n; i += 8) {
+      const __m256i ii = _mm256_add_epi32(lane, _mm256_set1_epi32(static_cast<int32_t>(i)));
+      __m256i lim = _mm256_set1_epi32(static_cast<int32_t>(cols));
+      if (causal) lim = _mm256_min_epi32(lim, _mm256_add_epi32(ii, _mm256_set1_epi32(static_cast<int32_t>(diag + 1))));
+      const __m256i invalid = _mm256_cmpgt_epi32(ii, _mm256_set1_epi32(static_cast<int32_t>(nvalid - 1)));
+      lim = _mm256_andnot_si256(invalid, lim);
+      __m256 mx = ninf;
+      for (int64_t j = 0; j < cols; ++j) {
+        const __m256 vis = _mm256_castsi256_ps(_mm256_cmpgt_epi32(lim, _mm256_set1_epi32(static_cast<int32_t>(j))));
+        mx = _mm256_max_ps(mx, _mm256_blendv_ps(ninf, _mm256_loadu_ps(ST + j * ld + i), vis));
+      }
+      const __m256 mold = _mm256_loadu_ps(m + i);
+      const __m256 mnew = _mm256_max_ps(mold, mx);
+      const __m256 msafe = _mm256_andnot_ps(_mm256_cmp_ps(mnew, ninf, _CMP_EQ_OQ), mnew);
+      __m256 sum = _mm256_setzero_ps();
+      for (int64_t j = 0; j < cols; ++j) {
+        const __m256 vis = _mm256_castsi256_ps(_mm256_cmpgt_epi32(lim, _mm256_set1_epi32(static_cast<int32_t>(j))));
+        const __m256 p = _mm256_and_ps(vis, exp2_v(_mm256_sub_ps(_mm256_loadu_ps(ST + j * ld + i), msafe)));
+        _mm256_storeu_ps(ST + j * ld + i, p);
+        sum = _mm256_add_ps(sum, p);
+      }
+      const __m256 al = exp2_v(_mm256_sub_ps(mold, msafe));
+      _mm256_storeu_ps(alpha + i, al);
+      _mm256_storeu_ps(l + i, _mm256_fmadd_ps(_mm256_loadu_ps(l + i), al, sum));
+      _mm256_storeu_ps(m + i, mnew);
+    }
+  }
+};
+
+}  // namespace
+
+void block_avx2(const Args& a, int64_t b, int64_t h, int64_t qb, float* scratch) {
+  run_block<Avx2Ops>(a, b, h, qb, scratch);
+}
+
+}  // namespace sparseops::attn

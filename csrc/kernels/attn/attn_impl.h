@@ -1,0 +1,216 @@
+// The block-sparse attention algorithm, shared by every ISA file. Each *_<isa>.cpp instantiates
+// run_block<Ops> with its own Ops (a small fp32 GEMM, conversions, exp2); everything here has internal
+// linkage (see DEVELOPERS.md: a shared out-of-line copy could carry AVX-512 code into the scalar path).
+//
+// Per query block: Q is converted to fp32 once, pre-multiplied by scale * log2(e) (softmax in base 2) and
+// stored transposed (QT [Dp][bq]). For each listed key block, K and V rows are converted to fp32 (Ks, Vs
+// [bk][Dp]), then ST = Ks QT (scores transposed: [key][query]) is one GEMM, the online-softmax step runs
+// along keys with queries across vector lanes (no horizontal reductions), and acc += P V is a second GEMM
+// reading P from ST with swapped strides. That is FlashAttention-2 with the loops swapped (key block
+// outer), so K/V are converted once per query block. Dp = D rounded up to 16, zero padded.
+#pragma once
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+
+#include "../common/half.h"
+#include "attn.h"
+
+namespace sparseops::attn {
+namespace {
+
+constexpr float kLog2e = 1.4426950408889634f;
+constexpr float kLn2 = 0.6931471805599453f;
+
+static inline int64_t round16(int64_t x) { return (x + 15) & ~int64_t(15); }
+
+static inline size_t scratch_floats_impl(const Args& a) {
+  const int64_t Dp = round16(a.D), bq = a.block_q, bk = a.block_k;
+  // QT, acc: Dp*bq; m, l, alpha: bq; Ks, Vs: bk*Dp; ST: bk*bq; a row of Dp floats; + alignment slack.
+  return static_cast<size_t>(2 * bq * Dp + 3 * bq + 2 * Dp * bk + bq * bk + Dp + 8 * 16);
+}
+
+static inline float* align64(float* p) {
+  return reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(p) + 63) & ~uintptr_t(63));
+}
+
+// Scalar conversions (the generic Ops use them; ISA files may vectorise).
+static inline void load_generic(DType dt, const void* src, int64_t n, float* dst) {
+  if (dt == DType::f32) {
+    std::memcpy(dst, src, n * sizeof(float));
+  } else if (dt == DType::bf16) {
+    const uint16_t* s = static_cast<const uint16_t*>(src);
+    for (int64_t i = 0; i < n; ++i) dst[i] = bf16_to_f32(s[i]);
+  } else {
+    const uint16_t* s = static_cast<const uint16_t*>(src);
+    for (int64_t i = 0; i < n; ++i) dst[i] = f16_to_f32(s[i]);
+  }
+}
+static inline void store_generic(DType dt, const float* src, int64_t n, void* dst) {
+  if (dt == DType::f32) {
+    std::memcpy(dst, src, n * sizeof(float));
+  } else if (dt == DType::bf16) {
+    uint16_t* d = static_cast<uint16_t*>(dst);
+    for (int64_t i = 0; i < n; ++i) d[i] = f32_to_bf16(src[i]);
+  } else {
+    uint16_t* d = static_cast<uint16_t*>(dst);
+    for (int64_t i = 0; i < n; ++i) d[i] = f32_to_f16(src[i]);
+  }
+}
+
+// 2^x for x <= 0 (softmax arguments), ~2 ulp; 0 below -126 (so -inf gives exactly 0). Written so that
+// compilers vectorise it.
+static inline float exp2_generic(float x) {
+  const float xc = std::max(x, -126.0f);
+  const float n = (xc + 12582912.0f) - 12582912.0f;  // round to nearest
+  const float f = xc - n;                             // [-0.5, 0.5]
+  float p = 1.5353362e-4f;
+  p = p * f + 1.3398874e-3f;
+  p = p * f + 9.6181291e-3f;
+  p = p * f + 5.5504109e-2f;
+  p = p * f + 2.4022652e-1f;
+  p = p * f + 6.9314718e-1f;
+  p = p * f + 1.0f;
+  const int32_t e = (static_cast<int32_t>(n) + 127) << 23;
+  float s;
+  std::memcpy(&s, &e, 4);
+  return x < -126.0f ? 0.0f : p * s;
+}
+
+// Generic pieces; ISA files derive and override what they vectorise.
+struct GenericOps {
+  // C[M x N] (+)= A[M x K] B[K x N]; A[i][k] at A[i * ars + k * aks]; B, C row-major; N % 16 == 0.
+  static void gemm(int64_t M, int64_t N, int64_t K, const float* A, int64_t ars, int64_t aks, const float* B,
+                   int64_t ldb, float* C, int64_t ldc, bool accumulate) {
+    for (int64_t i = 0; i < M; ++i) {
+      float* c = C + i * ldc;
+      if (!accumulate) for (int64_t j = 0; j < N; ++j) c[j] = 0.0f;
+      for (int64_t k = 0; k < K; ++k) {
+        const float a = A[i * ars + k * aks];
+        const float* b = B + k * ldb;
+        for (int64_t j = 0; j < N; ++j) c[j] += a * b[j];
+      }
+    }
+  }
+  static void load(DType dt, const void* src, int64_t n, float* dst) { load_generic(dt, src, n, dst); }
+  static void store(DType dt, const float* src, int64_t n, void* dst) { store_generic(dt, src, n, dst); }
+  // One online-softmax step for n query columns (n % 16 == 0) of ST [cols][ld]: query column i sees keys
+  // j < lim(i) = min(cols, diag + i + 1) (causal) or cols, and none when i >= nvalid. Overwrites ST with
+  // P = 2^(s - m_new) (0 where not visible), updates m and l, writes the acc rescale factor to alpha.
+  static void softmax(float* ST, int64_t ld, int64_t cols, int64_t n, int64_t diag, bool causal, int64_t nvalid,
+                      float* m, float* l, float* alpha) {
+    const float ninf = -std::numeric_limits<float>::infinity();
+    for (int64_t i = 0; i < n; ++i) {
+      const int64_t lim = i >= nvalid ? 0 : causal ? std::min<int64_t>(cols, diag + i + 1) : cols;
+      float mx = ninf;
+      for (int64_t j = 0; j < lim; ++j) mx = std::max(mx, ST[j * ld + i]);
+      const float mnew = std::max(m[i], mx), msafe = mnew == ninf ? 0.0f : mnew;
+      float sum = 0.0f;
+      for (int64_t j = 0; j < cols; ++j) {
+        const float p = j < lim ? exp2_generic(ST[j * ld + i] - msafe) : 0.0f;
+        ST[j * ld + i] = p;
+        sum += p;
+      }
+      alpha[i] = exp2_generic(m[i] - msafe);
+      l[i] = l[i] * alpha[i] + sum;
+      m[i] = mnew;
+    }
+  }
+};
+
+static inline const char* elem_ptr(DType dt, const void* base, int64_t off) {
+  return static_cast<const char*>(base) + off * (dt == DType::f32 ? 4 : 2);
+}
+
+template <class Ops>
+static void run_block(const Args& a, int64_t b, int64_t h, int64_t qb, float* scratch_raw) {
+  const int64_t D = a.D, Dp = round16(a.D), bq = a.block_q, bk = a.block_k;
+  const int64_t nKB = num_k_blocks(a);
+  const int64_t q0 = qb * bq, rows = std::min<int64_t>(bq, a.Lq - q0);
+  if (rows <= 0) return;
+  const float ninf = -std::numeric_limits<float>::infinity();
+  float* QT = align64(scratch_raw);
+  float* acc = align64(QT + Dp * bq);
+  float* mrow = align64(acc + bq * Dp);
+  float* lrow = align64(mrow + bq);
+  float* alpha = align64(lrow + bq);
+  float* Ks = align64(alpha + bq);
+  float* Vs = align64(Ks + bk * Dp);
+  float* ST = align64(Vs + bk * Dp);
+  float* tmp = align64(ST + bk * bq);
+
+  const int64_t hk = h / (a.Hq / a.Hkv);
+  const size_t es = a.dtype == DType::f32 ? 4 : 2;
+  const float qmul = a.scale * kLog2e;
+  std::memset(QT, 0, Dp * bq * sizeof(float));
+  std::memset(acc, 0, bq * Dp * sizeof(float));
+  for (int64_t i = 0; i < bq; ++i) { mrow[i] = ninf; lrow[i] = 0.0f; }
+  for (int64_t i = 0; i < rows; ++i) {
+    Ops::load(a.dtype, elem_ptr(a.dtype, a.q, b * a.q_sb + h * a.q_sh + (q0 + i) * a.q_sl), D, tmp);
+    for (int64_t d = 0; d < D; ++d) QT[d * bq + i] = tmp[d] * qmul;
+  }
+  // Columns D..Dp of Ks / Vs stay zero (rows are rewritten only over [0, D)).
+  const bool direct = a.dtype == DType::f32 && D == Dp;
+  if (!direct) {
+    std::memset(Ks, 0, bk * Dp * sizeof(float));
+    std::memset(Vs, 0, bk * Dp * sizeof(float));
+  }
+
+  const char* kbase = elem_ptr(a.dtype, a.k, b * a.k_sb + hk * a.k_sh);
+  const char* vbase = elem_ptr(a.dtype, a.v, b * a.v_sb + hk * a.v_sh);
+
+  for (int list = 0; list < 2; ++list) {
+    const int32_t* nump = list == 0 ? a.kv_num : a.full_num;
+    if (!nump) continue;
+    const int64_t cap = list == 0 ? a.cap : a.full_cap;
+    const int32_t* idx = list == 0 ? a.kv_idx + b * a.i_sb + h * a.i_sh + qb * a.i_sq
+                                   : a.full_idx + b * a.fi_sb + h * a.fi_sh + qb * a.fi_sq;
+    const int64_t cnt = std::min<int64_t>(
+        cap, std::max<int64_t>(0, list == 0 ? nump[b * a.n_sb + h * a.n_sh + qb] : nump[b * a.fn_sb + h * a.fn_sh + qb]));
+    for (int64_t t = 0; t < cnt; ++t) {
+      const int64_t kb = idx[t];
+      if (kb < 0 || kb >= nKB) continue;  // defensive; validate() reports these
+      const int64_t k0 = kb * bk, cols = std::min<int64_t>(bk, a.Lk - k0);
+      // First query row that sees a key of this block (causal: key k0 needs query >= k0), rounded down
+      // to 16 so the GEMM's N stays a multiple of 16 inside the block; rows before i0 get no keys.
+      const int64_t i0 = a.causal ? std::max<int64_t>(0, k0 - q0) : 0;
+      if (i0 >= rows) continue;
+      const int64_t i0a = i0 & ~int64_t(15), n = round16(rows - i0a), nvalid = rows - i0a;
+      const float *Kp = Ks, *Vp = Vs;
+      int64_t kld = Dp, vld = Dp;
+      if (direct) {  // fp32 with D % 16 == 0: the GEMMs read K and V in place
+        Kp = reinterpret_cast<const float*>(kbase) + k0 * a.k_sl; kld = a.k_sl;
+        Vp = reinterpret_cast<const float*>(vbase) + k0 * a.v_sl; vld = a.v_sl;
+      } else {
+        for (int64_t j = 0; j < cols; ++j) {
+          Ops::load(a.dtype, kbase + (k0 + j) * a.k_sl * es, D, Ks + j * Dp);
+          Ops::load(a.dtype, vbase + (k0 + j) * a.v_sl * es, D, Vs + j * Dp);
+        }
+      }
+      Ops::gemm(cols, n, Dp, Kp, kld, 1, QT + i0a, bq, ST + i0a, bq, false);
+      Ops::softmax(ST + i0a, bq, cols, n, q0 + i0a - k0, a.causal, nvalid, mrow + i0a, lrow + i0a, alpha + i0a);
+      for (int64_t i = i0a; i < rows; ++i) {
+        const float al = alpha[i];
+        if (al == 1.0f) continue;
+        float* o = acc + i * Dp;
+        for (int64_t d = 0; d < Dp; ++d) o[d] *= al;
+      }
+      Ops::gemm(nvalid, Dp, cols, ST + i0a, 1, bq, Vp, vld, acc + i0a * Dp, Dp, true);
+    }
+  }
+
+  for (int64_t i = 0; i < rows; ++i) {
+    float* o = acc + i * Dp;
+    const float l = lrow[i];
+    const float inv = l > 0.0f ? 1.0f / l : 0.0f;
+    for (int64_t d = 0; d < D; ++d) o[d] *= inv;
+    Ops::store(a.dtype, o, D,
+               static_cast<char*>(a.out) + (b * a.o_sb + h * a.o_sh + (q0 + i) * a.o_sl) * es);
+    if (a.lse) a.lse[(b * a.Hq + h) * a.Lq + q0 + i] = l > 0.0f ? mrow[i] * kLn2 + std::log(l) : ninf;
+  }
+}
+
+}  // namespace
+}  // namespace sparseops::attn
