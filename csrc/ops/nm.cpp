@@ -22,6 +22,7 @@ using nm::DType;
 // our kept-only GEMM, so from kDenseTilesMinM rows on, the dense GEMM runs on decoded weight tiles
 // instead (~1.0x dense; measured in bench/results/). Below that M the expanded kernels are used.
 constexpr int64_t kDenseTilesMinM = 128;
+constexpr int64_t kTileBytes = int64_t(8) << 20;  // decoded weight per GEMM call (8 MiB measured best of 8/32)
 // SPARSEOPS_NM_LARGE_M=kernel|tiles forces one path for M >= kDenseTilesMinM (benchmarks, experiments).
 inline bool use_dense_tiles(int64_t M, int64_t n, int64_t m, DType dt) {
   if (M < kDenseTilesMinM) return false;
@@ -100,7 +101,7 @@ at::Tensor nm_linear_cpu(const at::Tensor& x, const at::Tensor& values_in, const
     g_last_path.store(kPathDenseTiles);
     // Decode the weight a few MiB at a time (all threads), then run torch's multi-threaded dense GEMM
     // on that tile while it is still in the last-level cache; the decode costs ~1/M of the GEMM.
-    const int64_t TB = std::max<int64_t>(64, (int64_t(8) << 20) / (K * values.element_size()));
+    const int64_t TB = std::max<int64_t>(64, kTileBytes / (K * values.element_size()));
     const nm::DecodeRowsFn dec = nm::decode_rows_kernel(isa);
     at::Tensor tile = at::empty({std::min(TB, O), K}, values.options());
     for (int64_t o0 = 0; o0 < O && bad.load() < 0; o0 += TB) {
