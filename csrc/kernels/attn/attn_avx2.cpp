@@ -50,21 +50,18 @@ static inline __m256 exp2_v(__m256 x) {
   return _mm256_andnot_ps(_mm256_cmp_ps(x, lo, _CMP_LT_OQ), r);  // 0 below -126 (and for -inf)
 }
 
+struct Micro {
+  template <int R>
+  static void rows(int64_t N, int64_t K, const float* A, int64_t ars, int64_t aks, const float* B, int64_t ldb,
+                   float* C, int64_t ldc, bool acc) {
+    micro_rows<R>(N, K, A, ars, aks, B, ldb, C, ldc, acc);
+  }
+};
+
 struct Avx2Ops {
   static void gemm(int64_t M, int64_t N, int64_t K, const float* A, int64_t ars, int64_t aks, const float* B,
                    int64_t ldb, float* C, int64_t ldc, bool acc) {
-    int64_t i = 0;
-    for (; i + 6 <= M; i += 6) micro_rows<6>(N, K, A + i * ars, ars, aks, B, ldb, C + i * ldc, ldc, acc);
-    const float* Ai = A + i * ars;
-    float* Ci = C + i * ldc;
-    switch (M - i) {
-      case 5: micro_rows<5>(N, K, Ai, ars, aks, B, ldb, Ci, ldc, acc); break;
-      case 4: micro_rows<4>(N, K, Ai, ars, aks, B, ldb, Ci, ldc, acc); break;
-      case 3: micro_rows<3>(N, K, Ai, ars, aks, B, ldb, Ci, ldc, acc); break;
-      case 2: micro_rows<2>(N, K, Ai, ars, aks, B, ldb, Ci, ldc, acc); break;
-      case 1: micro_rows<1>(N, K, Ai, ars, aks, B, ldb, Ci, ldc, acc); break;
-      default: break;
-    }
+    gemm_rows<Micro>(M, N, K, A, ars, aks, B, ldb, C, ldc, acc);
   }
   static void load(DType dt, const void* src, int64_t n, float* dst) {
     if (dt == DType::f32) {

@@ -32,6 +32,25 @@ static inline size_t scratch_floats_impl(const Args& a) {
   return static_cast<size_t>(2 * bq * Dp + 3 * bq + 2 * Dp * bk + bq * bk + Dp + 8 * 16);
 }
 
+// Row blocking shared by the ISA GEMMs (C[M, N] (+)= A B): blocks of 6 rows, then the remainder, each
+// through the ISA's register-tiled `Micro::template rows<R>`.
+template <class Micro>
+static inline void gemm_rows(int64_t M, int64_t N, int64_t K, const float* A, int64_t ars, int64_t aks,
+                             const float* B, int64_t ldb, float* C, int64_t ldc, bool acc) {
+  int64_t i = 0;
+  for (; i + 6 <= M; i += 6) Micro::template rows<6>(N, K, A + i * ars, ars, aks, B, ldb, C + i * ldc, ldc, acc);
+  const float* Ai = A + i * ars;
+  float* Ci = C + i * ldc;
+  switch (M - i) {
+    case 5: Micro::template rows<5>(N, K, Ai, ars, aks, B, ldb, Ci, ldc, acc); break;
+    case 4: Micro::template rows<4>(N, K, Ai, ars, aks, B, ldb, Ci, ldc, acc); break;
+    case 3: Micro::template rows<3>(N, K, Ai, ars, aks, B, ldb, Ci, ldc, acc); break;
+    case 2: Micro::template rows<2>(N, K, Ai, ars, aks, B, ldb, Ci, ldc, acc); break;
+    case 1: Micro::template rows<1>(N, K, Ai, ars, aks, B, ldb, Ci, ldc, acc); break;
+    default: break;
+  }
+}
+
 static inline float* align64(float* p) {
   return reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(p) + 63) & ~uintptr_t(63));
 }
