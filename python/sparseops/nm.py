@@ -203,9 +203,6 @@ def validate(values: torch.Tensor, mask: torch.Tensor, n: int, m: int, in_featur
         try:
             torch.ops.sparseops.nm_validate(values, mask, n, m, in_features)
         except RuntimeError as e:
-            # The native check is the fast path; on failure the torch check names the row and group
-            # exactly (the native flat index cannot tell padding bits of row r from group 0 of row r+1).
-            _validate_torch(mask, n, m, in_features)
             raise ValueError(str(e).split("\n")[0]) from None
     else:
         _validate_torch(mask, n, m, in_features)
