@@ -31,11 +31,9 @@ def test_parse_sparsity():
         parse_sparsity(1.5)
 
 
-def test_unstructured_not_implemented_names_csr():
-    with pytest.raises(NotImplementedError, match="CSR"):
-        SparseLinear.from_dense(dense(), 0.9)
-    with pytest.raises(NotImplementedError, match="CSR"):
-        SparseLinear(48, 13, sparsity=0.5)
+def test_float_sparsity_selects_csr():
+    assert SparseLinear.from_dense(dense(), 0.9).format.name == "csr"
+    assert SparseLinear(48, 13, sparsity=0.5).format.name == "csr"
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)

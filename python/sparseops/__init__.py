@@ -8,7 +8,7 @@ from ._runtime import cpu_isa, cpu_isas, info, last_path, set_isa, use_isa  # no
 __version__ = "0.1.0"
 
 from . import _meta  # noqa: E402,F401  (fake kernels and autograd for torch.ops.sparseops)
-from . import nm, nn  # noqa: E402,F401
+from . import csr, nm, nn  # noqa: E402,F401
 from .nn import SparseLinear  # noqa: E402,F401
 from .sparsify import densify, sparsify  # noqa: E402,F401  (sparseops.sparsify is the function)
 from . import kv  # noqa: E402,F401

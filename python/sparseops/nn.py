@@ -1,13 +1,14 @@
 """SparseLinear: an nn.Linear whose weight is stored compressed.
 
-The module holds a *format* object that knows how to build, check and run one storage layout. Today there is
-one, "nm-bitmask" (N:M, sparseops.nm); an unstructured CSR format slots in as a second entry of _FORMATS
-with its own buffers, keyed by parse_sparsity()'s ("unstructured", s).
+The module holds a *format* object that knows how to build, check and run one storage layout:
+"nm-bitmask" (N:M, sparseops.nm; sparsity "2:4") and "csr" (unstructured, sparseops.csr; a float sparsity
+such as 0.9), keyed by parse_sparsity()'s ("nm", n, m) / ("unstructured", s).
 
-state_dict: the format's tensors (N:M: `values`, `mask`), `bias` if any, and `sparse_meta`, an int64 tensor
-[format id, format version, n, m, out_features, in_features] so checkpoints are versioned while staying
-plain tensors (safetensors-compatible). Loading checks the meta and validates the tensors before any
-kernel can read them.
+state_dict: the format's tensors (N:M: `values`, `mask`; CSR: `row_ptr`, `cols`, `values`), `bias` if any,
+and `sparse_meta`, an int64 tensor [format id, format version, p0, p1, out_features, in_features] (N:M:
+p0, p1 = n, m; CSR: 0, 0) so checkpoints are versioned while staying plain tensors (safetensors-compatible).
+Loading checks the meta and validates the tensors before any kernel can read them. A CSR checkpoint may
+hold any number of entries: the module's buffers take the checkpoint's sizes.
 """
 from __future__ import annotations
 
@@ -16,12 +17,9 @@ import re
 import torch
 from torch import nn
 
-from . import nm
+from . import csr, nm
 
-__all__ = ["SparseLinear", "parse_sparsity", "NMFormat"]
-
-CSR_NOT_IMPLEMENTED = ("unstructured sparsity (a float such as 0.9) needs the CSR format, which is not "
-                       "implemented yet (see the unstructured CSR format issue); use an N:M pattern such as '2:4'")
+__all__ = ["SparseLinear", "parse_sparsity", "NMFormat", "CSRFormat", "SparseAttention"]
 
 
 def parse_sparsity(sparsity) -> tuple:
@@ -52,10 +50,12 @@ def parse_sparsity(sparsity) -> tuple:
 class NMFormat:
     """The "nm-bitmask" v1 layout (csrc/kernels/nm/nm.h) as seen by SparseLinear."""
 
-    format_id = 1  # in sparse_meta[0]; a CSR format would take 2
+    format_id = 1  # in sparse_meta[0]
     name = nm.FORMAT_NAME
     version = nm.FORMAT_VERSION
     buffers = ("values", "mask")
+    variable_size = False
+    param_names = ("n", "m")  # sparse_meta[2:4]
 
     def __init__(self, n: int, m: int):
         nm.check_pattern(n, m)
@@ -91,13 +91,57 @@ class NMFormat:
         return nm._linear(x, bufs["values"], bufs["mask"], self.n, self.m, in_features, bias)
 
 
-_FORMATS = {NMFormat.format_id: NMFormat}
+class CSRFormat:
+    """The "csr" v1 layout (csrc/kernels/csr/csr.h) as seen by SparseLinear: unstructured, pruned per row."""
+
+    format_id = 2
+    name = csr.FORMAT_NAME
+    version = csr.FORMAT_VERSION
+    buffers = ("row_ptr", "cols", "values")
+    variable_size = True  # nnz is the checkpoint's
+    param_names = ("unused0", "unused1")
+    m = 1  # no grouping constraint on in_features
+
+    def __init__(self, sparsity: float):
+        self.sparsity = float(sparsity)
+
+    def __repr__(self) -> str:
+        return f"{self.sparsity:g}"
+
+    def meta(self, out_features: int, in_features: int) -> torch.Tensor:
+        return torch.tensor([self.format_id, self.version, 0, 0, out_features, in_features], dtype=torch.int64)
+
+    @staticmethod
+    def _bufs(w: csr.CSRWeight) -> dict:
+        return {"row_ptr": w.row_ptr, "cols": w.cols, "values": w.values}
+
+    def empty(self, out_features: int, in_features: int, dtype, device) -> dict:
+        return self._bufs(csr.compress(torch.zeros(out_features, in_features, dtype=dtype, device=device)))
+
+    def from_dense(self, weight: torch.Tensor, score: torch.Tensor | None) -> dict:
+        return self._bufs(csr.compress(csr.prune(weight, self.sparsity, score=score)))
+
+    def weight(self, bufs: dict, in_features: int) -> csr.CSRWeight:
+        O = bufs["row_ptr"].numel() - 1
+        return csr.CSRWeight(bufs["row_ptr"], bufs["cols"], bufs["values"], (O, in_features), _trusted=True)
+
+    def validate(self, bufs: dict, out_features: int, in_features: int) -> None:
+        rp = bufs["row_ptr"]
+        if rp.dim() != 1 or rp.numel() != out_features + 1:
+            raise ValueError(f"row_ptr has shape {tuple(rp.shape)}, expected [{out_features + 1}]")
+        csr.CSRWeight(bufs["row_ptr"], bufs["cols"], bufs["values"], (out_features, in_features))
+
+    def forward(self, x, bufs: dict, in_features: int, bias):
+        return torch.ops.sparseops.csr_linear(x, bufs["row_ptr"], bufs["cols"], bufs["values"], in_features, bias)
+
+
+_FORMATS = {NMFormat.format_id: NMFormat, CSRFormat.format_id: CSRFormat}
 
 
 def _make_format(spec: tuple):
     if spec[0] == "nm":
         return NMFormat(spec[1], spec[2])
-    raise NotImplementedError(f"sparseops.nn.SparseLinear: {CSR_NOT_IMPLEMENTED}")
+    return CSRFormat(spec[1])
 
 
 class SparseLinear(nn.Module):
@@ -136,7 +180,7 @@ class SparseLinear(nn.Module):
             if activation_norms is None:
                 raise ValueError("sparseops.nn.SparseLinear.from_dense: method='wanda' needs activation_norms "
                                  "(per-input-channel L2 norms of the layer's inputs)")
-            score = nm.wanda_score(w, activation_norms)
+            score = nm.wanda_score(w, activation_norms)  # the same |W| * ||X_j|| for both formats
         else:
             raise ValueError(f"sparseops.nn.SparseLinear.from_dense: unknown method {method!r} "
                              f"(expected 'magnitude' or 'wanda')")
@@ -160,8 +204,21 @@ class SparseLinear(nn.Module):
         return {k: getattr(self, k) for k in self.format.buffers}
 
     @property
-    def nm_weight(self) -> nm.NMWeight:
+    def compressed_weight(self):
+        """The weight as its format's object: an nm.NMWeight or a csr.CSRWeight."""
         return self.format.weight(self._bufs(), self.in_features)
+
+    @property
+    def nm_weight(self) -> nm.NMWeight:
+        if not isinstance(self.format, NMFormat):
+            raise AttributeError(f"sparseops.nn.SparseLinear: this layer is {self.format.name}, not N:M; "
+                                 "use compressed_weight")
+        return self.compressed_weight
+
+    @property
+    def weight_nbytes(self) -> int:
+        """Bytes of the compressed weight (its buffers and sparse_meta; not the bias)."""
+        return sum(t.numel() * t.element_size() for t in (*self._bufs().values(), self.sparse_meta))
 
     @property
     def sparsity(self) -> str:
@@ -169,7 +226,7 @@ class SparseLinear(nn.Module):
 
     def to_dense(self) -> nn.Linear:
         """An nn.Linear holding the decompressed (pruned) weight and the bias."""
-        w = self.nm_weight.to_dense()
+        w = self.compressed_weight.to_dense()
         lin = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None,
                         device=w.device, dtype=w.dtype)
         with torch.no_grad():
@@ -210,9 +267,13 @@ class SparseLinear(nn.Module):
                 bufs[k] = state_dict[prefix + k]
             try:
                 self.format.validate(bufs, self.out_features, self.in_features)
-            except (ValueError, TypeError) as e:
+            except (ValueError, TypeError, RuntimeError) as e:
                 error_msgs.append(f"{where}: malformed {self.format.name} tensors: {e}")
                 return
+            if self.format.variable_size:  # take the checkpoint's sizes (e.g. its number of CSR entries)
+                for k, v in bufs.items():
+                    if getattr(self, k).shape != v.shape or getattr(self, k).dtype != v.dtype:
+                        setattr(self, k, torch.empty_like(v, device=getattr(self, k).device))
         else:
             return
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
@@ -236,9 +297,17 @@ class SparseLinear(nn.Module):
             return False
         expected = self.format.meta(self.out_features, self.in_features).tolist()
         if vals != expected:
-            names = ["format id", "version", "n", "m", "out_features", "in_features"]
-            got = dict(zip(names, vals))
-            want = dict(zip(names, expected))
+            def named(v, f):
+                return dict(zip(["format id", "version", *f.param_names, "out_features", "in_features"], v))
+            got, want = named(vals, fmt_cls), named(expected, self.format)
             error_msgs.append(f"{where}: checkpoint describes {got} but the module is {want}")
             return False
         return True
+
+
+def __getattr__(name):
+    # SparseAttention lives with the attention code; imported lazily to keep nn importable on its own.
+    if name == "SparseAttention":
+        from .attention.module import SparseAttention
+        return SparseAttention
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -90,7 +90,7 @@ def sparsify(model: nn.Module, sparsity="2:4", *, method: str = "magnitude", cal
     over it first. Leaves `model.sparseops_summary` (swapped / skipped layers, bytes before/after) and logs it.
     """
     spec = parse_sparsity(sparsity)
-    fmt = _make_format(spec)  # NotImplementedError for unstructured (CSR) before any work
+    fmt = _make_format(spec)
     if method not in ("magnitude", "wanda"):
         raise ValueError(f"sparseops.sparsify: unknown method {method!r} (expected 'magnitude' or 'wanda')")
     if method == "wanda" and calibration_data is None:
@@ -124,7 +124,7 @@ def sparsify(model: nn.Module, sparsity="2:4", *, method: str = "magnitude", cal
         parent = model.get_submodule(parent_name) if parent_name else model
         new = SparseLinear.from_dense(lin, sparsity, method=method, activation_norms=norms.pop(fqn, None))
         bytes_before += lin.weight.nbytes
-        bytes_after += new.values.nbytes + new.mask.nbytes + new.sparse_meta.nbytes
+        bytes_after += new.weight_nbytes
         setattr(parent, child, new)
         del lin, new  # the dense weight is freed as soon as nothing else holds it
 

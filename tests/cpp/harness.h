@@ -28,5 +28,6 @@ void test_nm_format(Harness& h);
 void test_dense(Harness& h);
 void test_kv(Harness& h);
 void test_attn(Harness& h);
+void test_csr(Harness& h);
 
 }  // namespace sparseops::test

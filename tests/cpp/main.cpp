@@ -11,6 +11,7 @@ int main() {
   struct { const char* name; void (*fn)(Harness&); } suites[] = {
       {"isa", test_isa},           {"nm_format", test_nm_format}, {"nm_linear", test_nm_linear},
       {"nm_malformed", test_nm_malformed}, {"dense", test_dense}, {"kv", test_kv}, {"attn", test_attn},
+      {"csr", test_csr},
   };
   for (auto& s : suites) {
     const int p0 = h.passed, f0 = h.failed;

@@ -9,4 +9,5 @@ The harness does the rest: machine facts and roofline, the table, --json, --plot
 """
 SUITES = {
     "nm": "sparseops.bench.nm",
+    "csr": "sparseops.bench.csr",
 }

@@ -1,0 +1,106 @@
+// AVX2 CSR variant. GEMV: 8 column indices widened to int32 feed one vgatherdps from x; two
+// accumulators alternate so the gathers of consecutive blocks overlap. Tiles: 4 ymm of B's row per
+// entry, entries taken two at a time into separate accumulator sets (8 FMA chains hide FMA latency).
+#include <immintrin.h>
+
+#include "csr_impl.h"
+
+namespace sparseops::csr {
+namespace {
+
+static inline __m256i idx8(const uint16_t* c) {
+  return _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(c)));
+}
+static inline __m256i idx8(const int32_t* c) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(c)); }
+static inline __m256 val8(const float* v) { return _mm256_loadu_ps(v); }
+static inline __m256 val8(const Bf16* v) {
+  __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(v)));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(w, 16));
+}
+static inline __m256 val8(const F16* v) { return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(v))); }
+
+static inline float hsum(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+struct Avx2Ops {
+  static constexpr int W = 8;
+  static constexpr int kMaxNV = 4;
+
+  // Lanes whose index is >= K (unsigned) are masked out of the gather and flagged.
+  static inline __m256 gather(const float* x, __m256i idx, __m256i kmax, __m256i* ok) {
+    const __m256i in = _mm256_cmpeq_epi32(_mm256_min_epu32(idx, kmax), idx);
+    *ok = _mm256_and_si256(*ok, in);
+    return _mm256_mask_i32gather_ps(_mm256_setzero_ps(), x, idx, _mm256_castsi256_ps(in), 4);
+  }
+
+  template <class V, class I>
+  static float dot(const V* v, const I* c, int64_t n, const float* x, uint32_t K, bool* bad) {
+    const __m256i kmax = _mm256_set1_epi32(static_cast<int>(K - 1));
+    __m256i ok = _mm256_set1_epi32(-1);
+    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+    int64_t j = 0;
+    for (; j + 16 <= n; j += 16) {
+      a0 = _mm256_fmadd_ps(val8(v + j), gather(x, idx8(c + j), kmax, &ok), a0);
+      a1 = _mm256_fmadd_ps(val8(v + j + 8), gather(x, idx8(c + j + 8), kmax, &ok), a1);
+    }
+    if (j + 8 <= n) {
+      a0 = _mm256_fmadd_ps(val8(v + j), gather(x, idx8(c + j), kmax, &ok), a0);
+      j += 8;
+    }
+    if (_mm256_movemask_ps(_mm256_castsi256_ps(ok)) != 0xff) {
+      *bad = true;
+      return 0.f;
+    }
+    float s = hsum(_mm256_add_ps(a0, a1));
+    for (; j < n; ++j) {
+      const uint32_t k = static_cast<uint32_t>(c[j]);
+      if (k >= K) {
+        *bad = true;
+        return 0.f;
+      }
+      s += to_f32(v[j]) * x[k];
+    }
+    return s;
+  }
+
+  template <int NV, class V, class I>
+  static void tile(const V* v, const I* c, int64_t n, const float* b, int64_t ldb, uint32_t K, float* out,
+                   bool* bad) {
+    __m256 a[NV], e[NV];
+    for (int t = 0; t < NV; ++t) a[t] = e[t] = _mm256_setzero_ps();
+    int64_t j = 0;
+    for (; j + 2 <= n; j += 2) {
+      if ((static_cast<uint32_t>(c[j]) >= K) | (static_cast<uint32_t>(c[j + 1]) >= K)) {
+        *bad = true;
+        return;
+      }
+      const __m256 w0 = _mm256_set1_ps(to_f32(v[j])), w1 = _mm256_set1_ps(to_f32(v[j + 1]));
+      const float* r0 = b + static_cast<int64_t>(c[j]) * ldb;
+      const float* r1 = b + static_cast<int64_t>(c[j + 1]) * ldb;
+      for (int t = 0; t < NV; ++t) {
+        a[t] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(r0 + t * W), a[t]);
+        e[t] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(r1 + t * W), e[t]);
+      }
+    }
+    if (j < n) {
+      if (static_cast<uint32_t>(c[j]) >= K) {
+        *bad = true;
+        return;
+      }
+      const __m256 w0 = _mm256_set1_ps(to_f32(v[j]));
+      const float* r0 = b + static_cast<int64_t>(c[j]) * ldb;
+      for (int t = 0; t < NV; ++t) a[t] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(r0 + t * W), a[t]);
+    }
+    for (int t = 0; t < NV; ++t) _mm256_storeu_ps(out + t * W, _mm256_add_ps(a[t], e[t]));
+  }
+};
+
+}  // namespace
+
+int64_t spmm_avx2(const SpmmArgs& a, int64_t o_begin, int64_t o_end) { return run<Avx2Ops>(a, o_begin, o_end); }
+
+}  // namespace sparseops::csr
