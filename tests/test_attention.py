@@ -248,7 +248,7 @@ def test_causal_and_window_builders(Lq, Lk, bq, bk):
     i, j = torch.arange(Lq)[:, None], torch.arange(Lk)[None, :]
     bm = A.causal_block_mask(Lq, Lk, (bq, bk))
     assert torch.equal(bm.to_dense()[0, 0], _blocks_of(j <= i, bq, bk))
-    bm = A.sliding_window_block_mask(Lq, Lk, (bq, bk), window=20, sink=5)
+    bm = A.a_shape(Lq, Lk, sink=5, window=20, block_size=(bq, bk))
     want = (j <= i) & ((j > i - 20) | (j < 5))
     assert torch.equal(bm.to_dense()[0, 0], _blocks_of(want, bq, bk))
     gen = torch.Generator().manual_seed(10)
@@ -259,23 +259,7 @@ def test_causal_and_window_builders(Lq, Lk, bq, bk):
     torch.testing.assert_close(out, ref, atol=2e-5, rtol=1e-4)
 
 
-def test_topk_builder():
-    gen = torch.Generator().manual_seed(11)
-    q = torch.randn(2, 4, 200, 64, generator=gen)
-    k, v = (torch.randn(2, 2, 200, 64, generator=gen) for _ in range(2))
-    bm = A.topk_block_mask(q, k, (32, 16), topk=3, is_causal=True)
-    dense = bm.to_dense()
-    assert dense.shape == (2, 4, 7, 13)
-    nq, nk = dense.shape[-2:]
-    causal = torch.arange(nk)[None, :] * 16 <= torch.clamp(torch.arange(nq)[:, None] * 32 + 31, max=199)
-    assert not (dense & ~causal).any()                      # nothing after the query block
-    assert dense[..., 0].all()                              # sink block
-    assert (dense.sum(-1) <= 3 + 1 + 2).all()              # top-k + sink + diagonal blocks
-    for qb in range(nq):                                    # the diagonal blocks are kept
-        assert dense[..., qb, (qb * 32) // 16].all()
-    out, lse = A.block_sparse_attention(q, k, v, bm, is_causal=True, return_lse=True)
-    ref, ref_lse, empty = reference(q, k, v, dense, 32, 16, True)
-    check(out, lse, ref, ref_lse, empty, torch.float32)
+# topk_blocks / vertical_slash / a_shape in depth: tests/test_attention_masks.py
 
 
 def test_torch_compile_fullgraph():
@@ -292,26 +276,4 @@ def test_torch_compile_fullgraph():
     torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, v, is_causal=True), atol=2e-5, rtol=1e-4)
 
 
-def test_transformers_attention_function():
-    """A tiny random Llama: logits and greedy tokens with the registered function equal SDPA's (dense mask)."""
-    transformers = pytest.importorskip("transformers")
-    from sparseops.attention import hf
-
-    fn, calls = hf.make_attention_function(), []
-    transformers.AttentionInterface.register("sparseops_bsa_test",
-                                             lambda *a, **kw: (calls.append(a[1].shape[2]), fn(*a, **kw))[1])
-    cfg = transformers.LlamaConfig(vocab_size=97, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
-                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
-    torch.manual_seed(13)
-    model = transformers.LlamaForCausalLM(cfg).eval()
-    ids = torch.randint(0, 97, (2, 70))
-    with torch.no_grad():
-        model.config._attn_implementation = "sdpa"
-        ref = model(ids).logits
-        ref_gen = model.generate(ids, max_new_tokens=5, do_sample=False)
-        model.config._attn_implementation = "sparseops_bsa_test"
-        out = model(ids).logits
-        gen = model.generate(ids, max_new_tokens=5, do_sample=False)
-    torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-4)
-    assert torch.equal(gen, ref_gen)
-    assert 70 in calls and 1 in calls  # prefill and decode really ran through sparseops
+# transformers integration (sparseops.integrations.hf): tests/test_attention_module.py

@@ -130,3 +130,38 @@ def test_bench_weights_match_prune_and_compress(n, m, dtype):
     y = torch.ops.sparseops.nm_linear(x, values, mask, n, m, w.shape[1], None)
     exp = torch.nn.functional.linear(x.double(), sparseops.nm.prune(w, n, m).double())
     assert torch.allclose(y.double(), exp, rtol=2e-2, atol=2e-2 * exp.abs().max().item())
+
+
+def test_attn_quick_run_writes_json(tmp_path):
+    js = tmp_path / "attn.json"
+    cmd = [sys.executable, "-m", "sparseops.bench", "attn", "--quick", "--json", str(js), "--no-progress"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "vs sdpa" in r.stdout and "rows meeting every target" in r.stdout
+    d = json.loads(js.read_text())
+    assert d["suite"] == "attn" and d["machine"]["peak_gflops"]["fp32"] > 0
+    rows = d["rows"]
+    assert [(r["density"], r["dtype"], r["L"], r["heads"]) for r in rows] == [(1.0, "fp32", 512, "4/2"),
+                                                                             (0.25, "fp32", 512, "4/2")]
+    for row in rows:
+        assert row["sparse_ms"] > 0 and row["sdpa_ms"] > 0 and row["mask_ms"] >= 0
+        assert row["speedup"] == pytest.approx(row["sdpa_ms"] / row["sparse_ms"])
+        assert row["pct_inv_density"] == pytest.approx(100 * row["speedup"] * row["real_density"])
+        assert row["gflops"] > 0 and row["peak_pct"] > 0 and row["verdict"]
+        # FlexAttention either ran (same answer as ours) or says why not
+        if row["flex_ms"] is not None:
+            assert row["vs_flex"] == pytest.approx(row["flex_ms"] / row["sparse_ms"])
+            assert row["max_err"] < 2e-4
+        else:
+            assert row["flex_note"]
+    assert rows[0]["real_density"] == 1.0 and rows[0]["max_err"] < 2e-4  # dense mask == SDPA
+    assert rows[0]["flex_compile_s"] is not None or rows[0]["flex_note"]
+
+
+def test_attn_bad_options_fail_before_measuring():
+    for opt, msg in ((["--density", "1.5"], "--density values must be in (0, 1]"),
+                     (["--block", "24"], "--block values must be multiples of 16"),
+                     (["--heads", "6/4"], "--heads: each entry must be HQ or HQ/HKV")):
+        r = subprocess.run([sys.executable, "-m", "sparseops.bench", "attn", "--quick", *opt],
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode != 0 and msg in r.stderr and "rows in" not in r.stdout

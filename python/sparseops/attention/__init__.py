@@ -4,6 +4,11 @@ Semantics: the output equals SDPA with the element mask "the (query block, key b
 block mask, and (if is_causal) key index <= query index (top-left aligned, as SDPA)". Query rows that see no
 key give 0 (never NaN); their log-sum-exp is -inf. K and V may have fewer heads than q (GQA: query head h
 uses key/value head h // (Hq // Hkv), without copying).
+
+Mask builders (sparseops.attention.masks): a_shape (sinks + sliding window), vertical_slash (MInference-style),
+topk_blocks (pooled block scores), causal_block_mask. SparseAttention (module.py): an SDPA-like module that
+builds a mask with one of them (or a callable) and falls back to SDPA when the mask is nearly dense.
+transformers: sparseops.integrations.hf.register(). Benchmark: python -m sparseops.bench attn.
 """
 from __future__ import annotations
 
@@ -11,10 +16,11 @@ import torch
 
 from . import _fake  # noqa: F401  (fake kernel for torch.compile)
 from .block_mask import BlockMask
-from .masks import causal_block_mask, sliding_window_block_mask, topk_block_mask
+from . import masks
+from .masks import a_shape, causal_block_mask, topk_blocks, vertical_slash
 
-__all__ = ["BlockMask", "block_sparse_attention", "causal_block_mask", "sliding_window_block_mask",
-           "topk_block_mask"]
+__all__ = ["BlockMask", "SparseAttention", "block_sparse_attention", "masks", "a_shape", "vertical_slash",
+           "topk_blocks", "causal_block_mask"]
 
 
 def _as_block_mask(block_mask, block_size, Lq: int, Lk: int) -> BlockMask:
@@ -51,3 +57,6 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bl
         q, k, v, bm.kv_num_blocks, bm.kv_indices, bm.full_kv_num_blocks, bm.full_kv_indices, bq, bk,
         is_causal, scale)
     return (out, lse) if return_lse else out
+
+
+from .module import SparseAttention  # noqa: E402  (it calls block_sparse_attention)

@@ -100,6 +100,35 @@ class BlockMask:
                    i32(full_idx), block_size=(int(bs[0]), int(bs[1])),
                    seq_lengths=None if seq is None else (int(seq[0]), int(seq[1])))
 
+    def to_flex(self, *, is_causal: bool = False):
+        """The same mask as a torch FlexAttention BlockMask, for flex_attention with the semantics of
+        block_sparse_attention(..., is_causal=is_causal). Its mask_mod is the block mask itself (and key <=
+        query with is_causal), so FlexAttention's unfused eager path, which evaluates mask_mod on every pair
+        and ignores the block lists, agrees too. Blocks the mask_mod keeps whole are listed as "full" (no
+        mask_mod evaluated when compiled): every listed block without is_causal, those entirely at or below
+        the diagonal with it. Needs torch.nn.attention.flex_attention."""
+        from torch.nn.attention.flex_attention import BlockMask as FlexBlockMask
+
+        Lq, Lk = self.seq_lengths
+        bq, bk = self.block_size
+        dense = self.to_dense()
+        dev = dense.device
+        full = dense
+        if is_causal:
+            q0 = torch.arange(dense.shape[-2], device=dev) * bq
+            k1 = torch.clamp(torch.arange(dense.shape[-1], device=dev) * bk + bk - 1, max=Lk - 1)
+            full = dense & (k1[None, :] <= q0[:, None])  # every key of the block <= every query
+        per_b, per_h = dense.shape[0] > 1, dense.shape[1] > 1
+
+        def mask_mod(b, h, q_idx, kv_idx):
+            keep = dense[b if per_b else 0, h if per_h else 0, q_idx // bq, kv_idx // bk]
+            return keep & (kv_idx <= q_idx) if is_causal else keep
+
+        part_num, part_idx = _lists_from_dense(dense & ~full)
+        full_num, full_idx = _lists_from_dense(full)
+        return FlexBlockMask.from_kv_blocks(part_num, part_idx, full_num, full_idx, BLOCK_SIZE=(bq, bk),
+                                            mask_mod=mask_mod, seq_lengths=(Lq, Lk))
+
     @property
     def shape(self) -> tuple[int, int, int, int]:
         """(B|1, H|1, Lq, Lk)."""

@@ -10,4 +10,5 @@ The harness does the rest: machine facts and roofline, the table, --json, --plot
 SUITES = {
     "nm": "sparseops.bench.nm",
     "csr": "sparseops.bench.csr",
+    "attn": "sparseops.bench.attn",
 }
