@@ -51,19 +51,24 @@ struct Avx2Ops {
       a0 = _mm256_fmadd_ps(val8(v + j), gather(x, idx8(c + j), kmax, &ok), a0);
       j += 8;
     }
+    if (j < n) {  // 1..7 left: a zero-padded copy and a lane-masked gather (no scalar FMA chain)
+      const int r = static_cast<int>(n - j);
+      I ci[8] = {};
+      V vi[8] = {};
+      for (int t = 0; t < r; ++t) { ci[t] = c[j + t]; vi[t] = v[j + t]; }
+      const __m256i live = _mm256_cmpgt_epi32(_mm256_set1_epi32(r), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+      const __m256i idx = _mm256_and_si256(idx8(ci), live);
+      const __m256i in = _mm256_cmpeq_epi32(_mm256_min_epu32(idx, kmax), idx);
+      ok = _mm256_and_si256(ok, _mm256_or_si256(in, _mm256_xor_si256(live, _mm256_set1_epi32(-1))));
+      const __m256 g = _mm256_mask_i32gather_ps(_mm256_setzero_ps(), x, idx, _mm256_castsi256_ps(_mm256_and_si256(in, live)), 4);
+      a1 = _mm256_fmadd_ps(val8(vi), g, a1);
+      j = n;
+    }
     if (_mm256_movemask_ps(_mm256_castsi256_ps(ok)) != 0xff) {
       *bad = true;
       return 0.f;
     }
     float s = hsum(_mm256_add_ps(a0, a1));
-    for (; j < n; ++j) {
-      const uint32_t k = static_cast<uint32_t>(c[j]);
-      if (k >= K) {
-        *bad = true;
-        return 0.f;
-      }
-      s += to_f32(v[j]) * x[k];
-    }
     return s;
   }
 

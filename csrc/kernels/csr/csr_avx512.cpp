@@ -43,19 +43,23 @@ struct Avx512Ops {
       a0 = _mm512_fmadd_ps(val16(v + j), gather(c + j), a0);
       j += 16;
     }
+    if (j < n) {  // 1..15 left: a zero-padded copy and a lane-masked gather (no scalar FMA chain)
+      const int r = static_cast<int>(n - j);
+      I ci[16] = {};
+      V vi[16] = {};
+      for (int t = 0; t < r; ++t) { ci[t] = c[j + t]; vi[t] = v[j + t]; }
+      const __mmask16 live = static_cast<__mmask16>((1u << r) - 1u);
+      const __m512i idx = idx16(ci);
+      const __mmask16 in = _mm512_cmplt_epu32_mask(idx, kv);
+      ok &= static_cast<__mmask16>(in | ~live);
+      a1 = _mm512_fmadd_ps(val16(vi), _mm512_mask_i32gather_ps(_mm512_setzero_ps(), in & live, idx, x, 4), a1);
+      j = n;
+    }
     if (ok != 0xffff) {
       *bad = true;
       return 0.f;
     }
     float s = _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
-    for (; j < n; ++j) {
-      const uint32_t k = static_cast<uint32_t>(c[j]);
-      if (k >= K) {
-        *bad = true;
-        return 0.f;
-      }
-      s += to_f32(v[j]) * x[k];
-    }
     return s;
   }
 
