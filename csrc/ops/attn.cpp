@@ -120,12 +120,22 @@ std::tuple<at::Tensor, at::Tensor> block_sparse_attention_cpu(
 
   const attn::BlockFn fn = attn::block_kernel(current_isa());
   TORCH_CHECK(fn != nullptr, kWhat, ": no kernel for the active ISA");
-  // Work items (b, h, qb), heaviest first; threads pull them from a shared counter (longest-first greedy).
-  const int64_t n_items = B * Hq * nQB;
+  // Work items (b, h, qb); threads pull them from a shared counter. Order: by (batch, key/value head), so the
+  // K / V of one head stay in the last-level cache while every query block (of every query head in the GQA
+  // group) reads them; inside a group heaviest first, the query heads of a query block next to each other
+  // (they read the same key blocks when the mask is shared). Each group ends with its lightest items, so
+  // the threads also finish together (longest-first greedy within the group).
+  const int64_t n_items = B * Hq * nQB, group = Hq / Hkv;
   std::vector<int64_t> work(n_items), order(n_items);
   for (int64_t it = 0; it < n_items; ++it) work[it] = attn::work_of(a, it / (Hq * nQB), (it / nQB) % Hq, it % nQB);
   std::iota(order.begin(), order.end(), 0);
-  std::stable_sort(order.begin(), order.end(), [&](int64_t x, int64_t y) { return work[x] > work[y]; });
+  auto kv_group = [&](int64_t it) { return (it / (Hq * nQB)) * Hkv + ((it / nQB) % Hq) / group; };
+  std::stable_sort(order.begin(), order.end(), [&](int64_t x, int64_t y) {
+    const int64_t gx = kv_group(x), gy = kv_group(y);
+    if (gx != gy) return gx < gy;
+    if (work[x] != work[y]) return work[x] > work[y];
+    return x % nQB > y % nQB;  // same work: later query blocks first, then the query heads in order
+  });
   std::atomic<int64_t> next{0};
   const size_t scratch_n = attn::scratch_floats(a);
   const int64_t nthreads = std::min<int64_t>(at::get_num_threads(), n_items);

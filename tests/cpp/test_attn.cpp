@@ -111,6 +111,9 @@ void test_attn(Harness& h) {
       {2, 2, 50, 50, 64, 16, 16, false, 0.5},  {4, 2, 70, 130, 72, 32, 64, true, 0.6},
       {4, 1, 130, 40, 128, 64, 16, true, 1.0}, {8, 1, 33, 97, 256, 48, 32, false, 0.4},
       {2, 1, 20, 300, 40, 16, 256, false, 1.0}, {1, 1, 256, 256, 64, 256, 128, true, 0.7},
+      // Causal diagonal blocks (the GEMMs skip the invisible triangle): square, unequal and short blocks.
+      {2, 2, 200, 200, 128, 64, 64, true, 1.0}, {2, 1, 150, 190, 40, 48, 112, true, 0.8},
+      {1, 1, 90, 90, 96, 96, 32, true, 1.0},
   };
   for (Isa isa : available_isas()) {
     const attn::BlockFn fn = attn::block_kernel(isa);

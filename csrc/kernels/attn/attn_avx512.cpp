@@ -75,8 +75,8 @@ struct Micro {
 
 struct Avx512Ops {
   static void gemm(int64_t M, int64_t N, int64_t K, const float* A, int64_t ars, int64_t aks, const float* B,
-                   int64_t ldb, float* C, int64_t ldc, bool acc) {
-    gemm_rows<Micro>(M, N, K, A, ars, aks, B, ldb, C, ldc, acc);
+                   int64_t ldb, float* C, int64_t ldc, bool acc, int64_t kdiag, int64_t ndiag) {
+    gemm_rows<Micro>(M, N, K, A, ars, aks, B, ldb, C, ldc, acc, kdiag, ndiag);
   }
   static void load(DType dt, const void* src, int64_t n, float* dst) {
     int64_t i = 0;
@@ -94,6 +94,9 @@ struct Avx512Ops {
     }
   }
   static void store(DType dt, const float* src, int64_t n, void* dst) { store_generic(dt, src, n, dst); }
+  static void transpose(const float* S, int64_t lds, int64_t rows, int64_t cols, float mul, float* DT, int64_t ldd) {
+    transpose_generic(S, lds, rows, cols, mul, DT, ldd);
+  }
   // GenericOps::softmax with 16 query columns per vector.
   static void softmax(float* ST, int64_t ld, int64_t cols, int64_t n, int64_t diag, bool causal, int64_t nvalid,
                       float* m, float* l, float* alpha) {

@@ -7,13 +7,15 @@
 // [bk][Dp]), then ST = Ks QT (scores transposed: [key][query]) is one GEMM, the online-softmax step runs
 // along keys with queries across vector lanes (no horizontal reductions), and acc += P V is a second GEMM
 // reading P from ST with swapped strides. That is FlashAttention-2 with the loops swapped (key block
-// outer), so K/V are converted once per query block. Dp = D rounded up to 16, zero padded.
+// outer), so K/V are converted once per query block. Dp = D rounded up to 16, zero padded. Key blocks on
+// the causal diagonal skip the invisible triangle in both GEMMs (gemm_rows' kdiag / ndiag).
 #pragma once
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <type_traits>
 
 #include "../common/half.h"
 #include "attn.h"
@@ -28,25 +30,42 @@ static inline int64_t round16(int64_t x) { return (x + 15) & ~int64_t(15); }
 
 static inline size_t scratch_floats_impl(const Args& a) {
   const int64_t Dp = round16(a.D), bq = a.block_q, bk = a.block_k;
-  // QT, acc: Dp*bq; m, l, alpha: bq; Ks, Vs: bk*Dp; ST: bk*bq; a row of Dp floats; + alignment slack.
-  return static_cast<size_t>(2 * bq * Dp + 3 * bq + 2 * Dp * bk + bq * bk + Dp + 8 * 16);
+  // QT, acc: Dp*bq; m, l, alpha: bq; Ks, Vs: bk*Dp; ST: bk*bq; + alignment slack.
+  return static_cast<size_t>(2 * bq * Dp + 3 * bq + 2 * Dp * bk + bq * bk + 8 * 16);
 }
 
+// "No causal limit" for the kdiag / ndiag arguments of the GEMMs.
+constexpr int64_t kNoDiag = int64_t(1) << 40;
+
 // Row blocking shared by the ISA GEMMs (C[M, N] (+)= A B): blocks of 6 rows, then the remainder, each
-// through the ISA's register-tiled `Micro::template rows<R>`.
+// through the ISA's register-tiled `Micro::template rows<R>`. Causal triangles (the diagonal key blocks):
+//   kdiag: row i only needs k < i + 1 + kdiag (A[i][k] is 0 beyond: P of keys a query does not see), so a row
+//          block stops its K loop there (acc only: C rows with nothing to add are left as they are);
+//   ndiag: row i only needs columns j >= i - ndiag (a key's scores for the queries before it), so a row block
+//          starts at that column rounded down to 16; the columns before are left unwritten (garbage the
+//          softmax masks). kNoDiag: no limit.
 template <class Micro>
 static inline void gemm_rows(int64_t M, int64_t N, int64_t K, const float* A, int64_t ars, int64_t aks,
-                             const float* B, int64_t ldb, float* C, int64_t ldc, bool acc) {
+                             const float* B, int64_t ldb, float* C, int64_t ldc, bool acc, int64_t kdiag,
+                             int64_t ndiag) {
+  auto block = [&](auto rows_tag, int64_t i) {
+    constexpr int R = decltype(rows_tag)::value;
+    const int64_t k = std::min<int64_t>(K, std::max<int64_t>(0, i + R + kdiag));
+    const int64_t j = std::min<int64_t>(N, std::max<int64_t>(0, i - ndiag) & ~int64_t(15));
+    if ((acc && k == 0) || j >= N) return;
+    Micro::template rows<R>(N - j, k, A + i * ars, ars, aks, B + j, ldb, C + i * ldc + j, ldc, acc);
+  };
   int64_t i = 0;
-  for (; i + 6 <= M; i += 6) Micro::template rows<6>(N, K, A + i * ars, ars, aks, B, ldb, C + i * ldc, ldc, acc);
-  const float* Ai = A + i * ars;
-  float* Ci = C + i * ldc;
+  if (kdiag == kNoDiag && ndiag == kNoDiag) {  // the common full block: plain loop
+    for (; i + 6 <= M; i += 6) Micro::template rows<6>(N, K, A + i * ars, ars, aks, B, ldb, C + i * ldc, ldc, acc);
+  }
+  for (; i + 6 <= M; i += 6) block(std::integral_constant<int, 6>{}, i);
   switch (M - i) {
-    case 5: Micro::template rows<5>(N, K, Ai, ars, aks, B, ldb, Ci, ldc, acc); break;
-    case 4: Micro::template rows<4>(N, K, Ai, ars, aks, B, ldb, Ci, ldc, acc); break;
-    case 3: Micro::template rows<3>(N, K, Ai, ars, aks, B, ldb, Ci, ldc, acc); break;
-    case 2: Micro::template rows<2>(N, K, Ai, ars, aks, B, ldb, Ci, ldc, acc); break;
-    case 1: Micro::template rows<1>(N, K, Ai, ars, aks, B, ldb, Ci, ldc, acc); break;
+    case 5: block(std::integral_constant<int, 5>{}, i); break;
+    case 4: block(std::integral_constant<int, 4>{}, i); break;
+    case 3: block(std::integral_constant<int, 3>{}, i); break;
+    case 2: block(std::integral_constant<int, 2>{}, i); break;
+    case 1: block(std::integral_constant<int, 1>{}, i); break;
     default: break;
   }
 }
@@ -79,6 +98,12 @@ static inline void store_generic(DType dt, const float* src, int64_t n, void* ds
   }
 }
 
+static inline void transpose_generic(const float* S, int64_t lds, int64_t rows, int64_t cols, float mul, float* DT,
+                                     int64_t ldd) {
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = 0; c < cols; ++c) DT[c * ldd + r] = S[r * lds + c] * mul;
+}
+
 // 2^x for x <= 0 (softmax arguments), ~2 ulp; 0 below -126 (so -inf gives exactly 0). Written so that
 // compilers vectorise it.
 static inline float exp2_generic(float x) {
@@ -101,8 +126,9 @@ static inline float exp2_generic(float x) {
 // Generic pieces; ISA files derive and override what they vectorise.
 struct GenericOps {
   // C[M x N] (+)= A[M x K] B[K x N]; A[i][k] at A[i * ars + k * aks]; B, C row-major; N % 16 == 0.
+  // kdiag / ndiag: the causal limits gemm_rows may exploit (this reference computes everything).
   static void gemm(int64_t M, int64_t N, int64_t K, const float* A, int64_t ars, int64_t aks, const float* B,
-                   int64_t ldb, float* C, int64_t ldc, bool accumulate) {
+                   int64_t ldb, float* C, int64_t ldc, bool accumulate, int64_t /*kdiag*/, int64_t /*ndiag*/) {
     for (int64_t i = 0; i < M; ++i) {
       float* c = C + i * ldc;
       if (!accumulate) for (int64_t j = 0; j < N; ++j) c[j] = 0.0f;
@@ -115,6 +141,10 @@ struct GenericOps {
   }
   static void load(DType dt, const void* src, int64_t n, float* dst) { load_generic(dt, src, n, dst); }
   static void store(DType dt, const float* src, int64_t n, void* dst) { store_generic(dt, src, n, dst); }
+  // DT[c][r] = mul * S[r][c] for r < rows, c < cols (S row stride lds, DT row stride ldd).
+  static void transpose(const float* S, int64_t lds, int64_t rows, int64_t cols, float mul, float* DT, int64_t ldd) {
+    transpose_generic(S, lds, rows, cols, mul, DT, ldd);
+  }
   // One online-softmax step for n query columns (n % 16 == 0) of ST [cols][ld]: query column i sees keys
   // j < lim(i) = min(cols, diag + i + 1) (causal) or cols, and none when i >= nvalid. Overwrites ST with
   // P = 2^(s - m_new) (0 where not visible), updates m and l, writes the acc rescale factor to alpha.
@@ -158,18 +188,22 @@ static void run_block(const Args& a, int64_t b, int64_t h, int64_t qb, float* sc
   float* Ks = align64(alpha + bq);
   float* Vs = align64(Ks + bk * Dp);
   float* ST = align64(Vs + bk * Dp);
-  float* tmp = align64(ST + bk * bq);
 
   const int64_t hk = h / (a.Hq / a.Hkv);
   const size_t es = a.dtype == DType::f32 ? 4 : 2;
   const float qmul = a.scale * kLog2e;
   std::memset(QT, 0, Dp * bq * sizeof(float));
-  std::memset(acc, 0, bq * Dp * sizeof(float));
   for (int64_t i = 0; i < bq; ++i) { mrow[i] = ninf; lrow[i] = 0.0f; }
-  for (int64_t i = 0; i < rows; ++i) {
-    Ops::load(a.dtype, elem_ptr(a.dtype, a.q, b * a.q_sb + h * a.q_sh + (q0 + i) * a.q_sl), D, tmp);
-    for (int64_t d = 0; d < D; ++d) QT[d * bq + i] = tmp[d] * qmul;
+  // Q rows are transposed and scaled into QT: fp32 in place, bf16 / fp16 widened into acc first (free until
+  // the first P V).
+  const char* qrow0 = elem_ptr(a.dtype, a.q, b * a.q_sb + h * a.q_sh + q0 * a.q_sl);
+  if (a.dtype == DType::f32) {
+    Ops::transpose(reinterpret_cast<const float*>(qrow0), a.q_sl, rows, D, qmul, QT, bq);
+  } else {
+    for (int64_t i = 0; i < rows; ++i) Ops::load(a.dtype, qrow0 + i * a.q_sl * es, D, acc + i * Dp);
+    Ops::transpose(acc, Dp, rows, D, qmul, QT, bq);
   }
+  std::memset(acc, 0, bq * Dp * sizeof(float));
   // Columns D..Dp of Ks / Vs stay zero (rows are rewritten only over [0, D)).
   const bool direct = a.dtype == DType::f32 && D == Dp;
   if (!direct) {
@@ -208,15 +242,19 @@ static void run_block(const Args& a, int64_t b, int64_t h, int64_t qb, float* sc
           Ops::load(a.dtype, vbase + (k0 + j) * a.v_sl * es, D, Vs + j * Dp);
         }
       }
-      Ops::gemm(cols, n, Dp, Kp, kld, 1, QT + i0a, bq, ST + i0a, bq, false);
-      Ops::softmax(ST + i0a, bq, cols, n, q0 + i0a - k0, a.causal, nvalid, mrow + i0a, lrow + i0a, alpha + i0a);
+      // diag: query column i (from i0a) sees keys j <= i + diag. Blocks on the causal diagonal skip the
+      // invisible triangle in both GEMMs.
+      const int64_t diag = q0 + i0a - k0;
+      const bool tri = a.causal && diag < cols - 1;
+      Ops::gemm(cols, n, Dp, Kp, kld, 1, QT + i0a, bq, ST + i0a, bq, false, kNoDiag, tri ? diag : kNoDiag);
+      Ops::softmax(ST + i0a, bq, cols, n, diag, a.causal, nvalid, mrow + i0a, lrow + i0a, alpha + i0a);
       for (int64_t i = i0a; i < rows; ++i) {
         const float al = alpha[i];
         if (al == 1.0f) continue;
         float* o = acc + i * Dp;
         for (int64_t d = 0; d < Dp; ++d) o[d] *= al;
       }
-      Ops::gemm(nvalid, Dp, cols, ST + i0a, 1, bq, Vp, vld, acc + i0a * Dp, Dp, true);
+      Ops::gemm(nvalid, Dp, cols, ST + i0a, 1, bq, Vp, vld, acc + i0a * Dp, Dp, true, tri ? diag : kNoDiag, kNoDiag);
     }
   }
 
@@ -224,9 +262,14 @@ static void run_block(const Args& a, int64_t b, int64_t h, int64_t qb, float* sc
     float* o = acc + i * Dp;
     const float l = lrow[i];
     const float inv = l > 0.0f ? 1.0f / l : 0.0f;
-    for (int64_t d = 0; d < D; ++d) o[d] *= inv;
-    Ops::store(a.dtype, o, D,
-               static_cast<char*>(a.out) + (b * a.o_sb + h * a.o_sh + (q0 + i) * a.o_sl) * es);
+    char* dst = static_cast<char*>(a.out) + (b * a.o_sb + h * a.o_sh + (q0 + i) * a.o_sl) * es;
+    if (a.dtype == DType::f32) {
+      float* of = reinterpret_cast<float*>(dst);
+      for (int64_t d = 0; d < D; ++d) of[d] = o[d] * inv;
+    } else {
+      for (int64_t d = 0; d < D; ++d) o[d] *= inv;
+      Ops::store(a.dtype, o, D, dst);
+    }
     if (a.lse) a.lse[(b * a.Hq + h) * a.Lq + q0 + i] = l > 0.0f ? mrow[i] * kLn2 + std::log(l) : ninf;
   }
 }
