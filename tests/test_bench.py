@@ -44,6 +44,33 @@ def test_nm_quick_run_writes_json_and_plot(tmp_path):
     assert png.exists() and png.stat().st_size > 1000
 
 
+def test_kv_quick_run_writes_json(tmp_path):
+    js = tmp_path / "kv.json"
+    cmd = [sys.executable, "-m", "sparseops.bench", "kv", "--quick", "--json", str(js), "--no-progress"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "x sdpa" in r.stdout and "targets met" in r.stdout
+    d = json.loads(js.read_text())
+    assert d["suite"] == "kv" and d["machine"]["read_bw_gbs"] > 0
+    rows = d["rows"]
+    # 2 quick (B, T) cases x sparsity {0, 0.7} x 2 dtypes
+    assert len(rows) == 8 and {r["sparsity"] for r in rows} == {0.0, 0.7}
+    for row in rows:
+        assert row["kv_ms"] > 0 and row["sdpa_ms"] > 0 and row["own_dense_ms"] > 0
+        assert row["vs_sdpa"] == pytest.approx(row["sdpa_ms"] / row["kv_ms"])
+        assert row["max_rel_err"] is not None and row["kv_bw_pct"] > 0
+        if row["sparsity"] == 0.7:
+            assert row["mem_ratio"] < 0.40 and row["mem_target_met"] and "own" in row["verdict"]
+        else:
+            assert row["vs_own_dense"] == 1.0
+
+
+def test_kv_bad_options_fail_before_measuring():
+    r = subprocess.run([sys.executable, "-m", "sparseops.bench", "kv", "--quick", "--sparsity", "1.5"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0 and "--sparsity" in r.stderr and "rows in" not in r.stdout
+
+
 def test_unknown_suite_lists_known_ones():
     r = subprocess.run([sys.executable, "-m", "sparseops.bench", "nosuch"], capture_output=True, text=True,
                        timeout=120)

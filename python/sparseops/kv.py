@@ -8,6 +8,9 @@ ascending channel order. Records live in preallocated storage with a capacity th
     kc = sparseops.kv.compress(k, 0.7)           # k: [B, Hkv, T, D]
     vc = sparseops.kv.compress(v, 0.5)
     out = sparseops.kv.decode_attention(q, kc, vc, k_tail=k_recent, v_tail=v_recent)
+
+transformers: ``sparseops.kv.BitmapKVCache`` (in sparseops/kv_cache.py; ``BitmapKVCache.prepare(model)`` once, then
+``model.generate(..., past_key_values=BitmapKVCache(0.7))``).
 """
 from __future__ import annotations
 
@@ -15,7 +18,8 @@ import math
 
 import torch
 
-__all__ = ["BitmapKV", "compress", "decode_attention", "kept_per_token", "FORMAT", "VERSION"]
+__all__ = ["BitmapKV", "compress", "decode_attention", "kept_per_token", "FORMAT", "VERSION", "BitmapKVCache",
+           "register"]
 
 FORMAT = "kv-bitmap"
 VERSION = 1
@@ -176,6 +180,19 @@ def decode_attention(q: torch.Tensor, k: BitmapKV, v: BitmapKV, *, scale: float 
     out, lse = torch.ops.sparseops.kv_decode_attention(q, k._bits, k._vals, v._bits, v._vals, len(k), scale,
                                                         k_tail, v_tail)
     return (out, lse) if return_lse else out
+
+
+_CACHE_NAMES = ("BitmapKVCache", "BitmapKVLayer", "register")
+
+
+def __getattr__(name):
+    # The transformers cache lives in sparseops.kv_cache, imported on first use: importing transformers costs
+    # seconds, and `import sparseops` must not pay that.
+    if name in _CACHE_NAMES:
+        from . import kv_cache
+
+        return getattr(kv_cache, name)
+    raise AttributeError(f"module 'sparseops.kv' has no attribute {name!r}")
 
 
 # ---- fake kernels (torch.compile / export); they repeat the shape checks of csrc/ops/kv.cpp ------------

@@ -10,7 +10,8 @@ import os
 
 import torch
 
-__all__ = ["smollm2_gguf", "load_smollm2", "read_text", "perplexity", "calibration_batches", "perplexity_report"]
+__all__ = ["smollm2_gguf", "load_smollm2", "read_text", "perplexity", "calibration_batches", "perplexity_report",
+           "cache_perplexity", "kv_perplexity_report"]
 
 
 def smollm2_gguf() -> tuple[str, str]:
@@ -92,7 +93,70 @@ def perplexity_report(model=None, tokenizer=None, sparsity: str = "2:4", window:
     return report
 
 
-if __name__ == "__main__":  # python -m sparseops.models [--dense-equivalent]
+@torch.no_grad()
+def cache_perplexity(model, input_ids: torch.Tensor, make_cache=None, window: int = 1024, chunk: int = 32) -> float:
+    """Teacher-forced perplexity with the KV cache in the loop: each window of `window` tokens is fed `chunk` tokens
+    at a time through a fresh cache from make_cache() (None: a DynamicCache), so every chunk attends the earlier
+    tokens as the cache stores them (with BitmapKVCache: compressed beyond its dense window; the tokens of the
+    current chunk attend each other densely)."""
+    from transformers import DynamicCache
+
+    ids = input_ids.reshape(-1)
+    nll, count = 0.0, 0
+    for start in range(0, ids.numel() - 1, window):
+        w = ids[start:start + window]
+        if w.numel() < 2:
+            break
+        cache = make_cache() if make_cache is not None else DynamicCache(config=model.config)
+        logits = [model(input_ids=w[c:c + chunk].unsqueeze(0), past_key_values=cache, use_cache=True).logits[0]
+                  for c in range(0, w.numel(), chunk)]
+        logits = torch.cat(logits)[:-1].float()
+        nll += torch.nn.functional.cross_entropy(logits, w[1:], reduction="sum").item()
+        count += w.numel() - 1
+    return math.exp(nll / count)
+
+
+def kv_perplexity_report(model=None, tokenizer=None, sparsities=(0.5, 0.7), dense_window: int = 256,
+                         window: int = 2048, chunk: int = 64, text: str | None = None) -> dict:
+    """Perplexity on sparseops/data/heldout.txt (or `text`) of SmolLM2-135M (float32) with its KV cache held by
+    sparseops.kv.BitmapKVCache at each sparsity (and 0, which must match dense), vs the default dense cache; plus
+    the cache's bytes vs dense at the end of a full window."""
+    from .kv_cache import BitmapKVCache
+
+    if model is None:
+        model, tokenizer = load_smollm2(torch.float32)
+    BitmapKVCache.prepare(model)
+    ids = tokenizer(read_text("heldout.txt") if text is None else text, return_tensors="pt").input_ids[0]
+    report = {"tokens": int(ids.numel()), "window": window, "chunk": chunk, "dense_window": dense_window,
+              "dense": cache_perplexity(model, ids, None, window, chunk)}
+    for s in (0.0, *sparsities):
+        caches = []
+
+        def make(s=s):
+            caches.append(BitmapKVCache(s, dense_window=dense_window))
+            return caches[-1]
+
+        report[f"s={s:g}"] = cache_perplexity(model, ids, make, window, chunk)
+        report[f"s={s:g} bytes/dense"] = caches[0].ratio
+    return report
+
+
+if __name__ == "__main__":  # python -m sparseops.models [--dense-equivalent] | kv [--dense-window N] [--window N]
     import sys
 
-    print(perplexity_report(use_kernels="--dense-equivalent" not in sys.argv[1:]))
+    argv = sys.argv[1:]
+    if argv[:1] == ["kv"]:
+        opts = dict(zip(argv[1::2], argv[2::2]))
+        kw = {k.lstrip("-").replace("-", "_"): int(v) for k, v in opts.items()}
+        bad = set(kw) - {"dense_window", "window", "chunk"}
+        if bad:
+            raise SystemExit(f"sparseops.models kv: unknown option(s) {sorted(bad)}; use --dense-window, --window, "
+                             "--chunk")
+        r = kv_perplexity_report(**kw)
+        print(f"SmolLM2-135M float32, heldout.txt {r['tokens']} tokens, windows of {r['window']} fed {r['chunk']} "
+              f"at a time, dense_window {r['dense_window']}")
+        for k, v in r.items():
+            if k not in ("tokens", "window", "chunk", "dense_window"):
+                print(f"  {k:>18}: {v:.4f}")
+    else:
+        print(perplexity_report(use_kernels="--dense-equivalent" not in argv))

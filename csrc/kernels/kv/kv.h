@@ -33,6 +33,14 @@ inline size_t dtype_size(DType d) { return d == DType::f32 ? 4 : 2; }
 void compress(DType dtype, int D, int k, const void* x, uint8_t* bits, void* vals, int64_t r_begin,
               int64_t r_end);
 
+// The same contract and bit-identical output, per ISA (branch-free threshold search + LUT/compress placement).
+// compress() above is the portable variant (nth_element) and the reference.
+using CompressFn = void (*)(DType, int D, int k, const void* x, uint8_t* bits, void* vals, int64_t r_begin,
+                            int64_t r_end);
+void compress_avx2(DType, int, int, const void*, uint8_t*, void*, int64_t, int64_t);
+void compress_neon(DType, int, int, const void*, uint8_t*, void*, int64_t, int64_t);
+CompressFn compress_kernel(Isa isa);  // avx512 uses the AVX2 variant; never nullptr
+
 // Writes dense rows [r_begin, r_end) (zeros at pruned channels). Reads at most k values per record
 // even if its bitmap is malformed.
 void decompress(DType dtype, int D, int k, const uint8_t* bits, const void* vals, void* x, int64_t r_begin,

@@ -25,6 +25,19 @@ PartialFn partial_kernel(Isa isa) {
   }
 }
 
+CompressFn compress_kernel(Isa isa) {
+  switch (isa) {
+#if defined(SPARSEOPS_X86)
+    case Isa::avx2:
+    case Isa::avx512: return compress_avx2;  // AVX-512 CPUs run the AVX2 compressor (appends are not the hot path)
+#endif
+#if defined(SPARSEOPS_AARCH64)
+    case Isa::neon: return compress_neon;
+#endif
+    default: return compress;
+  }
+}
+
 void compress(DType dtype, int D, int k, const void* x, uint8_t* bits, void* vals, int64_t r_begin,
               int64_t r_end) {
   const size_t es = dtype_size(dtype);

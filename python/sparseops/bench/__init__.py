@@ -11,4 +11,5 @@ SUITES = {
     "nm": "sparseops.bench.nm",
     "csr": "sparseops.bench.csr",
     "attn": "sparseops.bench.attn",
+    "kv": "sparseops.bench.kv",
 }
