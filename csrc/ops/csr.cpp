@@ -199,8 +199,8 @@ at::Tensor csr_spmm_cpu(const at::Tensor& crow_in, const at::Tensor& col_in, con
     if (K > 0) out.masked_fill_(at::logical_not(at::isfinite(b)).any(0).unsqueeze(0), std::numeric_limits<float>::quiet_NaN());
     return out;
   }
-  if (col.scalar_type() == at::kLong) col = col.to(at::kInt);  // validated < K, and K < 2^31 fits
   TORCH_CHECK(K <= std::numeric_limits<int32_t>::max(), who, ": more than 2^31 columns is not supported");
+  if (col.scalar_type() == at::kLong) col = col.to(at::kInt);  // validated < K <= INT32_MAX: narrowing is exact
   std::vector<int64_t> bad = run_spmm(row_ptr, col, values, at::Tensor(), K, b.data_ptr(), b.stride(0), b.stride(1),
                                       N, out.data_ptr(), N, 1, who);
   if (!bad.empty()) {

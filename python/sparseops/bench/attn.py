@@ -16,7 +16,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from .harness import DTYPES, Column, Harness, Timing, plot_speedup
+from .harness import DTYPES, Column, Harness, Timing, parse_list, plot_speedup
 
 DESCRIPTION = "block-sparse attention vs dense causal SDPA and compiled FlexAttention, same mask, same run"
 
@@ -46,13 +46,6 @@ def _fail(msg: str):
     raise SystemExit(f"sparseops.bench attn: {msg}")
 
 
-def _parse_list(text, conv, what):
-    try:
-        return [conv(t.strip()) for t in text.split(",") if t.strip()]
-    except ValueError:
-        _fail(f"cannot parse --{what} {text!r}")
-
-
 def _length(t: str) -> int:
     t = t.lower()
     return int(float(t[:-1]) * 1024) if t.endswith("k") else int(t)
@@ -67,12 +60,12 @@ def check_args(args) -> dict:
     """Parse and validate the options before anything is measured; returns the sweep."""
     q = args.quick
     plan = {
-        "L": _parse_list(args.L, _length, "L") if args.L else (QUICK["L"] if q else LENGTHS),
-        "heads": _parse_list(args.heads, _heads, "heads") if args.heads else (QUICK["heads"] if q else HEADS),
-        "density": (_parse_list(args.density, float, "density") if args.density
+        "L": parse_list(args.L, _length, "attn", "L") if args.L else (QUICK["L"] if q else LENGTHS),
+        "heads": parse_list(args.heads, _heads, "attn", "heads") if args.heads else (QUICK["heads"] if q else HEADS),
+        "density": (parse_list(args.density, float, "attn", "density") if args.density
                     else (QUICK["density"] if q else DENSITIES)),
-        "block": _parse_list(args.block, int, "block") if args.block else (QUICK["block"] if q else BLOCKS),
-        "dtype": _parse_list(args.dtype, str, "dtype") if args.dtype else (QUICK["dtype"] if q else DTYPE_NAMES),
+        "block": parse_list(args.block, int, "attn", "block") if args.block else (QUICK["block"] if q else BLOCKS),
+        "dtype": parse_list(args.dtype, str, "attn", "dtype") if args.dtype else (QUICK["dtype"] if q else DTYPE_NAMES),
     }
     bad = [d for d in plan["dtype"] if d not in DTYPES]
     if bad:

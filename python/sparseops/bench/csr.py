@@ -15,7 +15,7 @@ import warnings
 import torch
 import torch.nn.functional as F
 
-from .harness import DTYPES, Column, Harness, plot_speedup
+from .harness import DTYPES, Column, Harness, dtype_names, parse_list, parse_shape, plot_speedup
 
 DESCRIPTION = "unstructured CSR linear (csr_linear) vs torch.sparse.mm (MKL CSR) and dense F.linear, same run"
 
@@ -38,24 +38,8 @@ def add_arguments(p) -> None:
     g.add_argument("--no-torch-sparse", action="store_true", help="skip the torch.sparse.mm baseline")
 
 
-def _parse_list(text, conv, what):
-    try:
-        return [conv(t.strip()) for t in text.split(",") if t.strip()]
-    except ValueError:
-        raise SystemExit(f"sparseops.bench csr: cannot parse --{what} {text!r}")
-
-
-def _shape(t):
-    o, k = t.lower().split("x")
-    return int(o), int(k)
-
-
 def _dtypes(args) -> list[str]:
-    names = _parse_list(args.dtype, str, "dtype") if args.dtype else DTYPE_NAMES
-    bad = [d for d in names if d not in DTYPES]
-    if bad:
-        raise SystemExit(f"sparseops.bench csr: unknown dtype {bad[0]!r}; expected {', '.join(DTYPES)}")
-    return names
+    return dtype_names(args, DTYPE_NAMES, "csr")
 
 
 def machine_dtypes(args) -> list[str]:
@@ -66,9 +50,9 @@ def check_args(args) -> dict:
     import sparseops
 
     q = args.quick
-    shapes = _parse_list(args.shapes, _shape, "shapes") if args.shapes else (QUICK_SHAPES if q else SHAPES)
-    ms = _parse_list(args.m, int, "m") if args.m else (QUICK_MS if q else MS)
-    sps = _parse_list(args.sparsity, float, "sparsity") if args.sparsity else (QUICK_SPARSITIES if q else SPARSITIES)
+    shapes = parse_list(args.shapes, parse_shape, "csr", "shapes") if args.shapes else (QUICK_SHAPES if q else SHAPES)
+    ms = parse_list(args.m, int, "csr", "m") if args.m else (QUICK_MS if q else MS)
+    sps = parse_list(args.sparsity, float, "csr", "sparsity") if args.sparsity else (QUICK_SPARSITIES if q else SPARSITIES)
     if any(not 0.0 < s < 1.0 for s in sps):
         raise SystemExit("sparseops.bench csr: --sparsity values must be in (0, 1)")
     if any(M < 1 for M in ms) or any(o < 1 or k < 1 for o, k in shapes):

@@ -22,6 +22,31 @@ import torch
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+# ---- option parsing shared by the suites ----
+
+def parse_list(text: str, conv, suite: str, what: str) -> list:
+    """Comma list of --what converted by conv; a bad entry exits naming the suite and option."""
+    try:
+        return [conv(t.strip()) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise SystemExit(f"sparseops.bench {suite}: cannot parse --{what} {text!r}")
+
+
+def parse_shape(t: str) -> tuple[int, int]:
+    """'OUTxIN' -> (out, in)."""
+    o, k = t.lower().split("x")
+    return int(o), int(k)
+
+
+def dtype_names(args, default: list[str], suite: str) -> list[str]:
+    """--dtype as a list of DTYPES keys (default when not given); an unknown name exits."""
+    names = parse_list(args.dtype, str, suite, "dtype") if args.dtype else default
+    bad = [d for d in names if d not in DTYPES]
+    if bad:
+        raise SystemExit(f"sparseops.bench {suite}: unknown dtype {bad[0]!r}; expected {', '.join(DTYPES)}")
+    return names
+
+
 # ---- timing ----
 
 @dataclass

@@ -14,7 +14,7 @@ import itertools
 import torch
 import torch.nn.functional as F
 
-from .harness import DTYPES, Column, Harness, plot_speedup
+from .harness import DTYPES, Column, Harness, dtype_names, parse_list, plot_speedup
 
 DESCRIPTION = "bitmap-compressed KV decode attention vs SDPA (dense cache) and vs its own dense path, same run"
 
@@ -44,19 +44,8 @@ def add_arguments(p) -> None:
     g.add_argument("--no-sdpa", action="store_true", help="skip the SDPA baseline (it is slow on long caches)")
 
 
-def _list(text, conv, what):
-    try:
-        return [conv(t.strip()) for t in text.split(",") if t.strip()]
-    except ValueError:
-        raise SystemExit(f"sparseops.bench kv: cannot parse --{what} {text!r}")
-
-
 def _dtypes(args) -> list[str]:
-    names = _list(args.dtype, str, "dtype") if args.dtype else DTYPE_NAMES
-    bad = [d for d in names if d not in DTYPES]
-    if bad:
-        raise SystemExit(f"sparseops.bench kv: unknown dtype {bad[0]!r}; expected {', '.join(DTYPES)}")
-    return names
+    return dtype_names(args, DTYPE_NAMES, "kv")
 
 
 def machine_dtypes(args) -> list[str]:
@@ -69,17 +58,17 @@ def check_args(args) -> dict:
     if args.device != "cpu":
         raise SystemExit("sparseops.bench kv: the bitmap-KV kernels are CPU only (--device cpu)")
     if args.batch or args.T:
-        bs = _list(args.batch, int, "batch") if args.batch else sorted({b for b, _ in (QUICK_CASES if args.quick
+        bs = parse_list(args.batch, int, "kv", "batch") if args.batch else sorted({b for b, _ in (QUICK_CASES if args.quick
                                                                                           else CASES)})
         if args.T:
-            cases = [(b, t) for b in bs for t in _list(args.T, int, "T")]
+            cases = [(b, t) for b in bs for t in parse_list(args.T, int, "kv", "T")]
         elif args.quick:
             cases = [(b, 1000) for b in bs]
         else:  # the T list; 128k only at batch 1 (it is 16x the memory at batch 8)
             cases = [(b, t) for b in bs for t in (4096, 32768, 131072) if t < 131072 or b == 1]
     else:
         cases = QUICK_CASES if args.quick else CASES
-    sps = _list(args.sparsity, float, "sparsity") if args.sparsity else (QUICK_SPARSITIES if args.quick
+    sps = parse_list(args.sparsity, float, "kv", "sparsity") if args.sparsity else (QUICK_SPARSITIES if args.quick
                                                                           else SPARSITIES)
     if any(not 0.0 <= s < 1.0 for s in sps):
         raise SystemExit("sparseops.bench kv: --sparsity values must be in [0, 1)")

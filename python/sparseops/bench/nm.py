@@ -12,7 +12,7 @@ import itertools
 import torch
 import torch.nn.functional as F
 
-from .harness import DTYPES, Column, Harness, plot_speedup
+from .harness import DTYPES, Column, Harness, dtype_names, parse_list, parse_shape, plot_speedup
 
 DESCRIPTION = "N:M sparse linear (nm_linear) vs dense F.linear, same dtype, same run"
 
@@ -33,29 +33,13 @@ def add_arguments(p) -> None:
     g.add_argument("--isa", help="run the sparse op under sparseops.use_isa(ISA) (scalar, avx2, avx512, neon)")
 
 
-def _parse_list(text, conv, what):
-    try:
-        return [conv(t.strip()) for t in text.split(",") if t.strip()]
-    except ValueError:
-        raise SystemExit(f"sparseops.bench nm: cannot parse --{what} {text!r}")
-
-
-def _shape(t):
-    o, k = t.lower().split("x")
-    return int(o), int(k)
-
-
 def _pattern(t):
     n, m = t.split(":")
     return int(n), int(m)
 
 
 def _dtypes(args) -> list[str]:
-    names = _parse_list(args.dtype, str, "dtype") if args.dtype else DTYPE_NAMES
-    bad = [d for d in names if d not in DTYPES]
-    if bad:
-        raise SystemExit(f"sparseops.bench nm: unknown dtype {bad[0]!r}; expected {', '.join(DTYPES)}")
-    return names
+    return dtype_names(args, DTYPE_NAMES, "nm")
 
 
 def machine_dtypes(args) -> list[str]:
@@ -128,9 +112,9 @@ def check_args(args) -> dict:
     import sparseops
 
     quick = args.quick
-    shapes = _parse_list(args.shapes, _shape, "shapes") if args.shapes else (QUICK_SHAPES if quick else SHAPES)
-    ms = _parse_list(args.m, int, "m") if args.m else (QUICK_MS if quick else MS)
-    patterns = _parse_list(args.patterns, _pattern, "patterns") if args.patterns else PATTERNS
+    shapes = parse_list(args.shapes, parse_shape, "nm", "shapes") if args.shapes else (QUICK_SHAPES if quick else SHAPES)
+    ms = parse_list(args.m, int, "nm", "m") if args.m else (QUICK_MS if quick else MS)
+    patterns = parse_list(args.patterns, _pattern, "nm", "patterns") if args.patterns else PATTERNS
     dtypes = _dtypes(args)
     for n, m in patterns:
         try:
