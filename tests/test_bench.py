@@ -192,3 +192,34 @@ def test_attn_bad_options_fail_before_measuring():
         r = subprocess.run([sys.executable, "-m", "sparseops.bench", "attn", "--quick", *opt],
                            capture_output=True, text=True, timeout=120)
         assert r.returncode != 0 and msg in r.stderr and "rows in" not in r.stdout
+
+
+def test_model_quick_run_writes_json(tmp_path):
+    js = tmp_path / "model.json"
+    cmd = [sys.executable, "-m", "sparseops.bench", "model", "--quick", "--dtype", "fp32", "--weights", "2:4,0.7",
+           "--json", str(js), "--no-progress"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "x best dense" in r.stdout and "sparsify peak memory" in r.stdout
+    d = json.loads(js.read_text())
+    rows = d["rows"]
+    # dense (always run) + 2:4 + 0.7 weights x static, dynamic, bitmap 0.7 caches
+    assert len(rows) == 9 and {r["weights"] for r in rows} == {"dense", "2:4", "0.7"}
+    assert {r["kv"] for r in rows} == {"static", "dynamic", "0.7"}
+    by = {(r["weights"], r["kv"]): r for r in rows}
+    for row in rows:
+        assert row["decode_tok_s"] > 0 and row["prefill_ms"] > 0 and row["decode_steps"] == 4
+        dense = by[("dense", row["kv"])]
+        assert row["speedup"] == pytest.approx(row["decode_tok_s"] / dense["decode_tok_s"])
+        assert row["weight_mib"] > 0 and row["kv_mib"] > 0
+    for kv in ("static", "dynamic", "0.7"):
+        assert by[("2:4", kv)]["weight_mib"] < by[("dense", kv)]["weight_mib"]
+    assert by[("dense", "0.7")]["kv_mib"] < 0.6 * by[("dense", "static")]["kv_mib"]
+    assert by[("dense", "static")]["kv_mib"] == pytest.approx(by[("dense", "dynamic")]["kv_mib"])
+
+
+def test_model_bad_options_fail_before_measuring():
+    for opt in (["--weights", "3:3"], ["--kv", "full"], ["--context", "0"], ["--device", "cuda"]):
+        r = subprocess.run([sys.executable, "-m", "sparseops.bench", "model", "--quick", *opt],
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode != 0 and "sparseops.bench" in r.stderr, (opt, r.stderr[-500:])

@@ -12,4 +12,5 @@ SUITES = {
     "csr": "sparseops.bench.csr",
     "attn": "sparseops.bench.attn",
     "kv": "sparseops.bench.kv",
+    "model": "sparseops.bench.model",
 }
