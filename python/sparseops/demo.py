@@ -15,7 +15,6 @@ import time
 
 import torch
 
-ATTN_NAME = "sparseops_demo"
 DEFAULT_PROMPT = "Explain in two sentences why sparse neural networks can run faster on a CPU."
 
 
@@ -47,34 +46,6 @@ def load_model(spec: str, dtype: torch.dtype):
     except Exception as e:  # transformers raises OSError/ValueError/HF hub errors for unknown ids and paths
         raise SystemExit(f"sparseops demo: cannot load model {spec!r}: {type(e).__name__}: {str(e).splitlines()[0]}")
     return model.eval(), tok
-
-
-def install_attention(model, kv: bool, attention: str | None, sink: int, window: int):
-    """One attention function for the sparse model: compressed-cache decode (sparseops.kv) once the cache holds
-    tokens, SparseAttention for the prefill (else SDPA). Registered with SDPA's mask function (causal, padding)."""
-    from transformers import AttentionInterface
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
-    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
-
-    from . import kv_cache
-
-    prefill = sdpa_attention_forward
-    if attention:
-        from .integrations import hf
-
-        args = {"sink": sink, "window": window} if attention == "a_shape" else {}
-        prefill = hf.register(attention, name=ATTN_NAME + "_prefill", **args)
-
-    def fn(module, query, key, value, attention_mask, **kwargs):
-        step = getattr(key, kv_cache._STEP_ATTR, None)
-        if kv and step is not None and step.past > 0:
-            return kv_cache.attention(module, query, key, value, attention_mask, **kwargs)
-        return prefill(module, query, key, value, attention_mask, **kwargs)
-
-    AttentionInterface.register(ATTN_NAME, fn)
-    AttentionMaskInterface.register(ATTN_NAME, sdpa_mask)
-    model.set_attn_implementation(ATTN_NAME)
-    return prefill
 
 
 @torch.no_grad()
@@ -169,7 +140,10 @@ def main(argv=None) -> int:
     sparsify(sparse, sparsity, method=args.method, calibration_data=calib)
     use_kv = args.kv_sparsity > 0
     attention = None if args.attention == "none" else args.attention
-    prefill_fn = install_attention(sparse, use_kv, attention, args.sink, args.window)
+    from .integrations import hf
+
+    pattern_args = {"sink": args.sink, "window": args.window} if attention == "a_shape" else {}
+    prefill_fn = hf.install(sparse, kv_cache=use_kv, pattern=attention, **pattern_args)
 
     rows = {}
     for name, model in (("dense", dense), ("sparse", sparse)):

@@ -136,7 +136,7 @@ def _build(cfg: dict, dtype: torch.dtype, context: int):
 
     config = LlamaConfig(**cfg, max_position_embeddings=max(2048, context + 512), tie_word_embeddings=False)
     torch.manual_seed(0)
-    model = LlamaForCausalLM._from_config(config, torch_dtype=dtype).eval()
+    model = LlamaForCausalLM._from_config(config, dtype=dtype).eval()
     return model
 
 

@@ -22,9 +22,10 @@ from collections import Counter
 
 from ..attention.module import DENSE_THRESHOLD, SparseAttention
 
-__all__ = ["register", "make_attention_function", "NAME", "DEFAULT_PATTERN_ARGS"]
+__all__ = ["register", "install", "make_attention_function", "NAME", "COMBINED_NAME", "DEFAULT_PATTERN_ARGS"]
 
 NAME = "sparseops"
+COMBINED_NAME = "sparseops_full"  # install(): sparse prefill + bitmap-KV decode
 # register() with no pattern arguments: StreamingLLM-style A-shape, exact for prompts up to the window.
 DEFAULT_PATTERN_ARGS = {"a_shape": {"sink": 128, "window": 2048}}
 _SDPA_ONLY_KWARGS = ("softcap", "position_bias", "s_aux", "sinks", "cache")
@@ -80,3 +81,32 @@ def register(pattern="a_shape", *, name: str = NAME, dense_threshold: float = DE
     AttentionInterface.register(name, fn)
     AttentionMaskInterface.register(name, sdpa_mask)
     return fn
+
+
+def install(model, *, kv_cache: bool = True, pattern=None, name: str = COMBINED_NAME,
+            dense_threshold: float = DENSE_THRESHOLD, **pattern_args):
+    """Switches `model` to one attention function doing both jobs: decode steps over a BitmapKVCache run the
+    compressed-cache kernel (sparseops.kv), prefill runs SparseAttention(pattern) where it applies, and everything
+    else (a dense cache, masks, no pattern) runs transformers' SDPA. Returns the prefill function (``.calls``
+    counts its paths) or None when pattern is None. Pass a BitmapKVCache as past_key_values to use the cache."""
+    from transformers import AttentionInterface
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    from .. import kv_cache as kvc
+
+    prefill = None
+    if pattern is not None:
+        prefill = register(pattern, name=name + "_prefill", dense_threshold=dense_threshold, **pattern_args)
+    dense = prefill or sdpa_attention_forward
+
+    def attention(module, query, key, value, attention_mask, **kwargs):
+        step = getattr(key, kvc._STEP_ATTR, None)
+        if kv_cache and step is not None and step.past > 0:
+            return kvc.attention(module, query, key, value, attention_mask, **kwargs)
+        return dense(module, query, key, value, attention_mask, **kwargs)
+
+    AttentionInterface.register(name, attention)
+    AttentionMaskInterface.register(name, sdpa_mask)
+    model.set_attn_implementation(name)
+    return prefill
