@@ -18,6 +18,8 @@ cmake -S . -B "$root/build-cpp" "${common[@]}" -DSPARSEOPS_BUILD_BENCH=ON >/dev/
 cmake --build "$root/build-cpp" -j "$jobs"
 step "host: C++ tests"
 "$root/build-cpp/sparseops-cpp-tests"
+step "host: C++ tests with the AVX-512 extension paths off (the plain AVX-512 fallbacks)"
+SPARSEOPS_AVX512_EXT=0 "$root/build-cpp/sparseops-cpp-tests"
 step "host: sparseops-bench --quick (every ISA)"
 "$root/build-cpp/sparseops-bench" --quick --isa all --dtype f32,bf16,f16
 

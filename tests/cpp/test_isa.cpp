@@ -28,6 +28,18 @@ void test_isa(Harness& h) {
   h.check(isa_available(Isa::neon) && !isa_available(Isa::avx2) && nm::linear_kernel(Isa::avx512) == nullptr,
           "x86 ISA on aarch64");
 #endif
+  // The AVX-512 extension paths: only with BF16 + VBMI2 + VPOPCNTDQ, and switchable off for tests.
+  {
+    const CpuFeatures& f = cpu_features();
+    const bool can = f.avx512 && f.avx512_bf16 && f.avx512_vbmi2 && f.avx512_vpopcntdq;
+    const bool was = avx512_ext();
+    h.check(!was || can, "avx512_ext() on a CPU without BF16/VBMI2/VPOPCNTDQ");
+    set_avx512_ext(false);
+    h.check(!avx512_ext(), "set_avx512_ext(false) leaves the extension paths on");
+    set_avx512_ext(true);
+    h.check(avx512_ext() == can, "set_avx512_ext(true) must follow the CPU (%d vs %d)", avx512_ext(), can);
+    set_avx512_ext(was);
+  }
   // set_active_isa validates; reset returns to the default (best, unless SPARSEOPS_ISA says otherwise).
   bool threw = false;
   try {

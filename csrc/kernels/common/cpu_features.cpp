@@ -40,6 +40,8 @@ CpuFeatures detect() {
   return f;
 }
 
+std::atomic<int> g_ext{-1};  // -1: from the CPU and SPARSEOPS_AVX512_EXT; 0/1: set_avx512_ext()
+
 // -1: no override; otherwise an Isa value.
 std::atomic<int> g_override{-1};
 std::atomic<int> g_env_isa{-1};
@@ -55,6 +57,23 @@ const CpuFeatures& cpu_features() {
   static const CpuFeatures f = detect();
   return f;
 }
+
+static bool ext_supported() {
+  const CpuFeatures& f = cpu_features();
+  return f.avx512 && f.avx512_bf16 && f.avx512_vbmi2 && f.avx512_vpopcntdq;
+}
+
+bool avx512_ext() {
+  int v = g_ext.load(std::memory_order_relaxed);
+  if (v < 0) {
+    const char* env = std::getenv("SPARSEOPS_AVX512_EXT");
+    v = ext_supported() && !(env && env[0] == '0' && env[1] == 0);
+    g_ext.store(v, std::memory_order_relaxed);
+  }
+  return v != 0;
+}
+
+void set_avx512_ext(bool enabled) { g_ext.store(enabled && ext_supported()); }
 
 const char* isa_name(Isa isa) {
   switch (isa) {

@@ -22,6 +22,11 @@ struct CpuFeatures {
 };
 
 const CpuFeatures& cpu_features();
+// True when the *_avx512x paths may run: the CPU has AVX512-BF16, VBMI2 and VPOPCNTDQ (Zen 4, Sapphire
+// Rapids) and SPARSEOPS_AVX512_EXT is not "0" (which tests use to cover the plain AVX-512 fallbacks).
+bool avx512_ext();
+// Override for tests (false forces the fallbacks; true is ignored where the CPU lacks the extensions).
+void set_avx512_ext(bool enabled);
 const char* isa_name(Isa isa);
 // Parses "scalar|avx2|avx512|neon"; returns false for unknown names.
 bool parse_isa(const std::string& name, Isa* out);

@@ -73,6 +73,7 @@ using PartialFn = void (*)(const AttnArgs&, int64_t b, int64_t h, int64_t t_begi
 void partial_scalar(const AttnArgs&, int64_t, int64_t, int64_t, int64_t, float*);
 void partial_avx2(const AttnArgs&, int64_t, int64_t, int64_t, int64_t, float*);
 void partial_avx512(const AttnArgs&, int64_t, int64_t, int64_t, int64_t, float*);
+void partial_avx512x(const AttnArgs&, int64_t, int64_t, int64_t, int64_t, float*);  // needs avx512_ext()
 void partial_neon(const AttnArgs&, int64_t, int64_t, int64_t, int64_t, float*);
 PartialFn partial_kernel(Isa isa);  // nullptr if not compiled for this architecture
 
