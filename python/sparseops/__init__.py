@@ -11,5 +11,7 @@ from . import _meta  # noqa: E402,F401  (fake kernels and autograd for torch.ops
 from . import csr, nm, nn  # noqa: E402,F401
 from .nn import SparseLinear  # noqa: E402,F401
 from .sparsify import densify, sparsify  # noqa: E402,F401  (sparseops.sparsify is the function)
+from . import checkpoint  # noqa: E402,F401  (safetensors is imported only when used)
+from .checkpoint import load, load_compressed_tensors, save  # noqa: E402,F401
 from . import kv  # noqa: E402,F401
 from . import attention  # noqa: E402,F401

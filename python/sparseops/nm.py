@@ -278,10 +278,11 @@ class NMWeight:
     def from_compressed_tensors(cls, compressed: torch.Tensor, bitmask: torch.Tensor, shape,
                                 n: int | None = None, m: int | None = None) -> "NMWeight":
         """Wrap a compressed-tensors bitmask-sparse weight (values [R, C*n/m], bitmask uint8 [R, ceil(C/8)],
-        shape (R, C)) after validating it. n:m is inferred when not given from the kept fraction: 2:4 if it
-        fits and validates, else the smallest supported m whose mask validates."""
+        shape (R, C), or an int tensor holding R, C such as their stored [2, 1]) after validating it. n:m is
+        inferred when not given from the kept fraction: 2:4 if it fits and validates, else the smallest
+        supported m whose mask validates."""
         if isinstance(shape, torch.Tensor):
-            shape = shape.tolist()
+            shape = shape.flatten().tolist()
         shape = tuple(int(s) for s in shape)
         if len(shape) != 2:
             raise ValueError(f"sparseops.nm.from_compressed_tensors: shape must be (rows, cols), got {shape}")
@@ -307,9 +308,11 @@ class NMWeight:
                          f"{tuple(compressed.shape)} with shape {shape}" + ("; " + "; ".join(errors) if errors else ""))
 
     def to_compressed_tensors(self) -> dict:
-        """dict(compressed=values, bitmask=mask, shape=int64 tensor [rows, cols]): the same tensors, shared."""
+        """dict(compressed=values, bitmask=mask, shape=int64 [[rows], [cols]]): the tensors a sparse-24-bitmask
+        checkpoint stores as `<layer>.compressed`, `.bitmask`, `.shape` (their writer stores shape as [2, 1]).
+        values and mask are shared, not copied."""
         return {"compressed": self.values, "bitmask": self.mask,
-                "shape": torch.tensor(list(self.shape), dtype=torch.int64)}
+                "shape": torch.tensor(list(self.shape), dtype=torch.int64).reshape(2, 1)}
 
 
 def linear(x: torch.Tensor, w: NMWeight, bias: torch.Tensor | None = None) -> torch.Tensor:

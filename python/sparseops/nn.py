@@ -77,6 +77,11 @@ class NMFormat:
         w = nm.compress(nm.prune(weight, self.n, self.m, score=score), self.n, self.m)
         return {"values": w.values, "mask": w.mask}
 
+    def buffer_specs(self, out_features: int, in_features: int, dtype) -> dict:
+        """{name: (shape, dtype)} of the buffers, without computing them."""
+        return {"values": ((out_features, in_features // self.m * self.n), dtype),
+                "mask": ((out_features, (in_features + 7) // 8), torch.uint8)}
+
     def weight(self, bufs: dict, in_features: int) -> nm.NMWeight:
         return nm.NMWeight(bufs["values"], bufs["mask"], self.n, self.m, in_features, _trusted=True)
 
@@ -120,6 +125,11 @@ class CSRFormat:
 
     def from_dense(self, weight: torch.Tensor, score: torch.Tensor | None) -> dict:
         return self._bufs(csr.compress(csr.prune(weight, self.sparsity, score=score)))
+
+    def buffer_specs(self, out_features: int, in_features: int, dtype) -> dict:
+        """{name: (shape, dtype)} of the buffers of an empty weight (a checkpoint brings its own nnz)."""
+        cols = torch.int16 if in_features <= csr._U16_MAX_COLS else torch.int32
+        return {"row_ptr": ((out_features + 1,), torch.int64), "cols": ((0,), cols), "values": ((0,), dtype)}
 
     def weight(self, bufs: dict, in_features: int) -> csr.CSRWeight:
         O = bufs["row_ptr"].numel() - 1
@@ -196,6 +206,25 @@ class SparseLinear(nn.Module):
         mod.register_buffer("sparse_meta", fmt.meta(mod.out_features, mod.in_features))
         if linear.bias is not None:
             mod.bias = nn.Parameter(linear.bias.detach().clone(), requires_grad=linear.bias.requires_grad)
+        else:
+            mod.register_parameter("bias", None)
+        return mod
+
+    @classmethod
+    def _uninitialized(cls, fmt, in_features: int, out_features: int, bias: bool, *, dtype,
+                       device="meta") -> "SparseLinear":
+        """A module of the format's structure whose tensors are uninitialised (on the meta device by default):
+        only for load_state_dict(..., assign=True), which validates and installs a checkpoint's tensors
+        (sparseops.checkpoint). Nothing is computed, so it costs no memory for large layers."""
+        mod = cls.__new__(cls)
+        nn.Module.__init__(mod)
+        mod.in_features, mod.out_features = int(in_features), int(out_features)
+        mod.format = fmt
+        for k, (shape, dt) in fmt.buffer_specs(mod.out_features, mod.in_features, dtype).items():
+            mod.register_buffer(k, torch.empty(shape, dtype=dt, device=device))
+        mod.register_buffer("sparse_meta", fmt.meta(mod.out_features, mod.in_features).to(device))
+        if bias:
+            mod.bias = nn.Parameter(torch.empty(mod.out_features, dtype=dtype, device=device))
         else:
             mod.register_parameter("bias", None)
         return mod
