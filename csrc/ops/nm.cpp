@@ -22,14 +22,18 @@ using nm::DType;
 // our kept-only GEMM, so from kDenseTilesMinM rows on, the dense GEMM runs on decoded weight tiles
 // instead (~1.0x dense; measured in bench/results/). Below that M the expanded kernels are used.
 constexpr int64_t kDenseTilesMinM = 128;
+constexpr int64_t kDenseTilesMinMBf16 = 40;  // where the kernel leaves bf16 dot products (sparse_min_m)
 constexpr int64_t kTileBytes = int64_t(8) << 20;  // decoded weight per GEMM call (8 MiB measured best of 8/32)
 // SPARSEOPS_NM_LARGE_M=kernel|tiles forces one path for M >= kDenseTilesMinM (benchmarks, experiments).
+// bf16 tiles only where torch's bf16 GEMM has hardware dot products (AVX512-BF16: oneDNN reaches ~2.4x our
+// fp32-FMA sparse path at 2:4 there, measured on Zen 4); elsewhere torch's bf16 GEMM is far slower.
 inline bool use_dense_tiles(int64_t M, int64_t n, int64_t m, DType dt) {
-  if (M < kDenseTilesMinM) return false;
+  const bool bf16_dot = dt == DType::bf16 && cpu_features().avx512_bf16;
+  if (M < (bf16_dot ? kDenseTilesMinMBf16 : kDenseTilesMinM)) return false;
   const char* force = std::getenv("SPARSEOPS_NM_LARGE_M");
   if (force && std::strcmp(force, "kernel") == 0) return false;
   if (force && std::strcmp(force, "tiles") == 0) return true;
-  return dt == DType::f32 && 4 * n > m;
+  return (dt == DType::f32 || bf16_dot) && 4 * n > m;
 }
 
 // Which path the last nm_linear call took (read by benchmarks through sparseops.last_path()).

@@ -1,6 +1,6 @@
 // AVX-512 N:M variant (F/BW/VL/DQ): the chunk decoder is in nm_avx512_dec.h; everything else
-// (blocking, tails, threading contract) is in nm_x86_tile.h. bf16 at M == 1 goes to nm_avx512x.cpp
-// when the CPU has AVX512-BF16 + VBMI2.
+// (blocking, tails, threading contract) is in nm_x86_tile.h. bf16 goes to nm_avx512x.cpp when the CPU
+// has AVX512-BF16 + VBMI2 (bf16 dot products).
 // GCC 12 warns about the deliberately undefined source operand inside its own AVX-512 intrinsics.
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include "nm_avx512_dec.h"
@@ -8,9 +8,11 @@
 namespace sparseops::nm {
 
 int64_t linear_avx512(const LinearArgs& a, int64_t o_begin, int64_t o_end) {
-  if (a.dtype == DType::bf16 && a.M == 1 && o_begin < o_end) {
-    if (avx512_ext()) return linear_m1_bf16_avx512x(a, o_begin, o_end);
-  }
+  // bf16 dot products: the M == 1 GEMV, and dense math up to the sizes where multiplying only the kept
+  // weights (x86::run's sparse path) wins (measured on Zen 4: 1:4 at M >= 64; denser patterns go to
+  // the glue's dense tiles there).
+  if (a.dtype == DType::bf16 && o_begin < o_end && a.M < Avx512Dec::sparse_min_m && avx512_ext())
+    return a.M == 1 ? linear_m1_bf16_avx512x(a, o_begin, o_end) : linear_bf16_dp_avx512x(a, o_begin, o_end);
   return x86::run<Avx512Dec>(a, o_begin, o_end);
 }
 

@@ -66,4 +66,139 @@ int64_t linear_m1_bf16_avx512x(const LinearArgs& a, int64_t o_begin, int64_t o_e
   return -1;
 }
 
+// bf16 at M >= 2 with AVX512-BF16 + VBMI2: dense math on the weight as it is decoded. Per 32-column chunk,
+// R = 4 rows are expanded to bf16 in registers (masked load of exactly 32n/m values + vpexpandw) and
+// multiplied with C = 6 token rows of x by vdpbf16ps into R x C fp32 accumulators (24 of the 32 zmm),
+// which are reduced once at the end of the row. This does the dense FLOPs but at the bf16 dot-product
+// rate (twice fp32 FMA), so it keeps up with oneDNN's bf16 GEMM while reading the compressed weight;
+// zeros times NaN/Inf give NaN exactly as dense math does. Columns past the last full 32-chunk are
+// decoded once per row block (16-column decoder + scalar tail) into one zero-padded bf16 vector.
+namespace {
+
+static void tail_bf16(const LinearArgs& a, const x86::Geo& g, const Avx512Dec::Slice& sl, int64_t o, uint16_t* t,
+                      int& bad) {
+  const int64_t n32 = a.K / 32;
+  const bool mid = (a.K - n32 * 32) >= 16;
+  std::memset(t, 0, 64);
+  const uint8_t* mr = a.mask + o * g.rb;
+  const char* vr = static_cast<const char*>(a.values) + o * g.kept * 2;
+  int lane = 0;
+  if (mid) {
+    Avx512Dec::Chunk w;
+    bad |= Avx512Dec::decode<DType::bf16>(sl, vr, mr, 2 * n32, w.v);
+    // the fp32 lanes were widened from bf16: their high halves are the exact bf16 bits
+    _mm256_store_si256(reinterpret_cast<__m256i*>(t),
+                       _mm512_cvtepi32_epi16(_mm512_srli_epi32(_mm512_castps_si512((__m512)w.v[0]), 16)));
+    lane = 16;
+  }
+  if (g.tw) {
+    alignas(64) float f[16];
+    bad |= !x86::decode_tail(DType::bf16, g, a.values, a.mask, o, f);
+    for (int j = 0; j < g.tw; ++j) {
+      uint32_t u;
+      std::memcpy(&u, f + j, 4);
+      t[lane + j] = static_cast<uint16_t>(u >> 16);
+    }
+  }
+}
+
+static inline float hsum(__m512 v) {  // register-only horizontal sum
+  const __m256 h = _mm256_add_ps(_mm512_castps512_ps256(v), _mm512_extractf32x8_ps(v, 1));
+  __m128 q = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+  q = _mm_add_ps(q, _mm_movehl_ps(q, q));
+  return _mm_cvtss_f32(_mm_add_ss(q, _mm_movehdup_ps(q)));
+}
+
+// One block: rows o0 .. o0+R-1 (R <= 4) times tokens m0 .. m0+C-1 (C <= 6). Always computes a full 4 x 6
+// block in 24 named accumulators (GCC kept an array of them in memory, storing it every iteration); the
+// missing rows / tokens repeat the first one and are not stored.
+int block_dp(const LinearArgs& a, const x86::Geo& g, const Avx512Dec::Slice& sl, int64_t o0, int R, int64_t m0,
+             int C) {
+  const int64_t n32 = a.K / 32, cnt32 = 2 * g.cnt, k32 = n32 * 32;
+  const __mmask32 ld = static_cast<__mmask32>((uint64_t(1) << cnt32) - 1);
+  const uint16_t* xr[6];
+  for (int c = 0; c < 6; ++c) xr[c] = static_cast<const uint16_t*>(a.x) + (m0 + (c < C ? c : 0)) * a.ldx;
+  const uint8_t* mr[4];
+  const uint16_t* vr[4];
+  for (int r = 0; r < 4; ++r) {
+    const int64_t o = o0 + (r < R ? r : 0);
+    mr[r] = a.mask + o * g.rb;
+    vr[r] = static_cast<const uint16_t*>(a.values) + o * g.kept;
+  }
+  alignas(64) uint16_t wt[4][32];  // the tail chunk's weights, decoded before the accumulators are live
+  int tbad = 0;
+  if (k32 < a.K)
+    for (int r = 0; r < 4; ++r) tail_bf16(a, g, sl, o0 + (r < R ? r : 0), wt[r], tbad);
+  uint64_t bad = static_cast<uint64_t>(tbad);
+#define SPARSEOPS_Z(r) __m512 a##r##0 = _mm512_setzero_ps(), a##r##1 = a##r##0, a##r##2 = a##r##0, \
+                              a##r##3 = a##r##0, a##r##4 = a##r##0, a##r##5 = a##r##0;
+  SPARSEOPS_Z(0) SPARSEOPS_Z(1) SPARSEOPS_Z(2) SPARSEOPS_Z(3)
+#undef SPARSEOPS_Z
+  const int64_t steps = n32 + (k32 < a.K ? 1 : 0);
+  const __mmask32 xtail = static_cast<__mmask32>((uint64_t(1) << (a.K - k32)) - 1);
+  for (int64_t cc = 0; cc < steps; ++cc) {
+    __m512i w0, w1, w2, w3;
+    __mmask32 xm = ~__mmask32(0);
+    if (cc < n32) {
+      uint32_t b0, b1, b2, b3;
+      std::memcpy(&b0, mr[0] + 4 * cc, 4);
+      std::memcpy(&b1, mr[1] + 4 * cc, 4);
+      std::memcpy(&b2, mr[2] + 4 * cc, 4);
+      std::memcpy(&b3, mr[3] + 4 * cc, 4);
+      w0 = _mm512_maskz_expand_epi16(b0, _mm512_maskz_loadu_epi16(ld, vr[0] + cc * cnt32));
+      w1 = _mm512_maskz_expand_epi16(b1, _mm512_maskz_loadu_epi16(ld, vr[1] + cc * cnt32));
+      w2 = _mm512_maskz_expand_epi16(b2, _mm512_maskz_loadu_epi16(ld, vr[2] + cc * cnt32));
+      w3 = _mm512_maskz_expand_epi16(b3, _mm512_maskz_loadu_epi16(ld, vr[3] + cc * cnt32));
+      // Bit 32 forces a 64-bit popcnt on a fresh register (see Avx512Dec::decode).
+      const uint64_t one = uint64_t(1) << 32, want = static_cast<uint64_t>(cnt32 + 1);
+      bad |= (__builtin_popcountll(b0 | one) ^ want) | (__builtin_popcountll(b1 | one) ^ want) |
+             (__builtin_popcountll(b2 | one) ^ want) | (__builtin_popcountll(b3 | one) ^ want);
+    } else {
+      w0 = _mm512_load_si512(wt[0]);
+      w1 = _mm512_load_si512(wt[1]);
+      w2 = _mm512_load_si512(wt[2]);
+      w3 = _mm512_load_si512(wt[3]);
+      xm = xtail;
+    }
+#define SPARSEOPS_COL(c)                                                           \
+    {                                                                              \
+      const __m512bh xv = (__m512bh)_mm512_maskz_loadu_epi16(xm, xr[c] + cc * 32); \
+      a0##c = _mm512_dpbf16_ps(a0##c, (__m512bh)w0, xv);                           \
+      a1##c = _mm512_dpbf16_ps(a1##c, (__m512bh)w1, xv);                           \
+      a2##c = _mm512_dpbf16_ps(a2##c, (__m512bh)w2, xv);                           \
+      a3##c = _mm512_dpbf16_ps(a3##c, (__m512bh)w3, xv);                           \
+    }
+    SPARSEOPS_COL(0) SPARSEOPS_COL(1) SPARSEOPS_COL(2) SPARSEOPS_COL(3) SPARSEOPS_COL(4) SPARSEOPS_COL(5)
+#undef SPARSEOPS_COL
+  }
+  if (bad) return 1;
+  const __m512 acc[4][6] = {{a00, a01, a02, a03, a04, a05}, {a10, a11, a12, a13, a14, a15},
+                            {a20, a21, a22, a23, a24, a25}, {a30, a31, a32, a33, a34, a35}};
+  uint16_t* y = static_cast<uint16_t*>(a.y);
+  for (int r = 0; r < R; ++r) {
+    const float b = a.bias ? bf16_to_f32(static_cast<const uint16_t*>(a.bias)[o0 + r]) : 0.0f;
+    for (int c = 0; c < C; ++c) y[(m0 + c) * a.ldy + o0 + r] = f32_to_bf16(hsum(acc[r][c]) + b);
+  }
+  return 0;
+}
+
+}  // namespace
+
+int64_t linear_bf16_dp_avx512x(const LinearArgs& a, int64_t o_begin, int64_t o_end) {
+  const x86::Geo g(a);
+  const Avx512Dec::Slice sl(g);
+  constexpr int64_t OB = 64;  // rows whose compressed weight (~300 KiB at K=4096, 2:4) stays in L2 across x blocks
+  for (int64_t ob = o_begin; ob < o_end; ob += OB) {
+    const int64_t oe = std::min(ob + OB, o_end);
+    for (int64_t m0 = 0; m0 < a.M; m0 += 6) {
+      const int C = static_cast<int>(std::min<int64_t>(6, a.M - m0));
+      for (int64_t o = ob; o < oe; o += 4) {
+        const int R = static_cast<int>(std::min<int64_t>(4, oe - o));
+        if (block_dp(a, g, sl, o, R, m0, C)) return x86::first_bad(g, a.mask, o, o + R);
+      }
+    }
+  }
+  return -1;
+}
+
 }  // namespace sparseops::nm
