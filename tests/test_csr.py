@@ -254,3 +254,40 @@ def test_torch_compile_and_grad():
     xr = x.detach().clone().requires_grad_()
     F.linear(xr, w).relu().sum().backward()
     assert torch.allclose(x.grad, xr.grad, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_dense_tiles_path(monkeypatch, dtype):
+    """The dense-tile GEMM (chosen at large M and density on AVX512-BF16 CPUs; forced here) equals the reference,
+    propagates NaN/Inf like dense math, adds repeated columns of a torch CSR input, and rejects bad columns."""
+    monkeypatch.setenv("SPARSEOPS_CSR_LARGE_M", "tiles")
+    g = gen(21)
+    w = sparse_weight(70, 90, 0.5, dtype, g)
+    cw = csr.compress(w)
+    x = torch.randn(33, 90, generator=g).to(dtype)
+    b = torch.randn(70, generator=g).to(dtype)
+    check_close(csr.linear(x, cw, b), F.linear(x.double(), w.double(), b.double()), dtype, 90)
+    x[3, 7] = float("inf")
+    x[5, 0] = float("nan")
+    y = csr.linear(x, cw, b)
+    ref = F.linear(x.double(), w.double(), b.double())
+    assert torch.equal(y.isnan(), ref.isnan()) and torch.equal(y.isinf(), ref.isinf())
+    # repeated (unsorted) columns in one row add up, as torch's to_dense does
+    rp = torch.tensor([0, 3, 3], dtype=torch.int64)
+    cols = torch.tensor([4, 1, 4], dtype=torch.int16)
+    vals = torch.tensor([1.0, 2.0, 0.5]).to(dtype)
+    y = torch.ops.sparseops.csr_linear(torch.ones(2, 6, dtype=dtype), rp, cols, vals, 6)
+    assert y.float().tolist() == [[3.5, 0.0], [3.5, 0.0]]
+    bad = cw.cols.clone()
+    bad[9] = 90
+    with pytest.raises(RuntimeError, match="column index outside"):
+        torch.ops.sparseops.csr_linear(x, cw.row_ptr, bad, cw.values, 90)
+
+
+def test_dense_tiles_default_choice(monkeypatch):
+    monkeypatch.delenv("SPARSEOPS_CSR_LARGE_M", raising=False)
+    # Only timing differs between paths: check the result at a size where bf16 takes the tiles on AVX512-BF16.
+    g = gen(22)
+    w = sparse_weight(64, 128, 0.5, torch.bfloat16, g)
+    x = torch.randn(64, 128, generator=g).to(torch.bfloat16)
+    check_close(csr.linear(x, csr.compress(w)), F.linear(x.double(), w.double()), torch.bfloat16, 128)

@@ -1,11 +1,14 @@
 // ATen glue for CSR weights (format "csr" v1, csrc/kernels/csr/csr.h): checks, B packing, threading
-// balanced by entries, ISA dispatch, and the dense recomputation of non-finite inputs.
+// balanced by entries, ISA dispatch, the dense-tile GEMM at large M and density, and the dense recomputation of
+// non-finite inputs.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <algorithm>
 #include <atomic>
+#include <cstdlib>
+#include <cstring>
 #include <vector>
 
 #include "kernels/csr/csr.h"
@@ -118,6 +121,54 @@ std::vector<int64_t> run_spmm(const at::Tensor& row_ptr, const at::Tensor& cols,
   return cols_bad;
 }
 
+csr::DType dt_of(const at::Tensor& values) {
+  return values.scalar_type() == at::kFloat ? csr::DType::f32
+       : values.scalar_type() == at::kBFloat16 ? csr::DType::bf16 : csr::DType::f16;
+}
+
+// Where a dense GEMM on the decoded weight beats the sparse kernel (bench csr on Zen 4): bf16 from density 0.15
+// at M >= 64 or 0.4 at M >= 16, and only where torch's bf16 GEMM has dot products (AVX512-BF16: 2.2x the fp32 rate; elsewhere its
+// bf16 GEMM is far slower than the kernel). fp32 never: MKL is only ~1.1x our kernel at density 0.5, M=128, less
+// than the decode costs. SPARSEOPS_CSR_LARGE_M=kernel|tiles forces a path (tests, benchmarks).
+bool use_dense_tiles(int64_t M, int64_t O, int64_t K, int64_t nnz, csr::DType dt) {
+  const char* force = std::getenv("SPARSEOPS_CSR_LARGE_M");
+  if (force && std::strcmp(force, "kernel") == 0) return false;
+  if (force && std::strcmp(force, "tiles") == 0) return M > 1;
+  const double density = static_cast<double>(nnz) / (static_cast<double>(O) * static_cast<double>(K));
+  return dt == csr::DType::bf16 && cpu_features().avx512_bf16 &&
+         ((M >= 64 && density > 0.15) || (M >= 16 && density > 0.4));
+}
+
+// y = x2 @ W^T + bias by decoding W a few MiB at a time (all threads) and multiplying each tile with torch's GEMM
+// while it is still in cache. Dense math: NaN/Inf in x propagate exactly as in F.linear.
+void dense_tiles(const at::Tensor& x2, const at::Tensor& row_ptr, const at::Tensor& cols, const at::Tensor& values,
+                 const at::Tensor& bias, int64_t K, at::Tensor& y, const char* who) {
+  const int64_t O = row_ptr.numel() - 1;
+  csr::SpmmArgs a{};
+  a.dtype = dt_of(values);
+  a.index = cols.scalar_type() == at::kShort ? csr::Index::u16 : csr::Index::i32;
+  a.O = O; a.K = K;
+  a.row_ptr = row_ptr.data_ptr<int64_t>();
+  a.cols = cols.data_ptr(); a.values = values.data_ptr();
+  const int64_t TB = std::max<int64_t>(64, (int64_t(8) << 20) / (K * values.element_size()));
+  at::Tensor tile = at::empty({std::min(TB, O), K}, values.options());
+  std::atomic<int64_t> bad{-1};
+  for (int64_t o0 = 0; o0 < O; o0 += TB) {
+    const int64_t rows = std::min(TB, O - o0);
+    at::parallel_for(0, rows, 16, [&](int64_t b, int64_t e) {
+      const int64_t r = csr::decompress_rows(a, static_cast<char*>(tile.data_ptr()) + b * K * values.element_size(),
+                                             K, o0 + b, o0 + e);
+      if (r >= 0) {
+        int64_t expected = -1;
+        bad.compare_exchange_strong(expected, r);
+      }
+    });
+    TORCH_CHECK(bad.load() < 0, who, ": malformed CSR: row ", bad.load(), " has a column index outside [0, ", K, ")");
+    at::Tensor w = tile.narrow(0, 0, rows);
+    y.narrow(1, o0, rows).copy_(bias.defined() ? at::addmm(bias.narrow(0, o0, rows), x2, w.t()) : at::mm(x2, w.t()));
+  }
+}
+
 at::Tensor check_bias(const std::optional<at::Tensor>& bias_in, int64_t O, const at::Tensor& x, const char* who) {
   if (!bias_in.has_value() || !bias_in->defined()) return {};
   at::Tensor bias = bias_in->contiguous();
@@ -151,6 +202,10 @@ at::Tensor csr_linear_cpu(const at::Tensor& x, const at::Tensor& row_ptr_in, con
       at::Tensor rows_bad = at::logical_not(at::isfinite(x2)).any(1);
       y.masked_fill_(rows_bad.unsqueeze(1), std::numeric_limits<float>::quiet_NaN());
     }
+    return y.view(out_shape);
+  }
+  if (use_dense_tiles(M, O, K, nnz, dt_of(values))) {
+    dense_tiles(x2, row_ptr, cols, values, bias, K, y, who);
     return y.view(out_shape);
   }
   // B = x^T: element (k, i) at x2 + k * stride(1) + i * stride(0); y element (o, i) at y + o + i * O.

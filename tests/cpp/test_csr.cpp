@@ -74,6 +74,18 @@ void run_case(Harness& h, Isa isa, DType d, int64_t O, int64_t K, int64_t M, dou
           isa_name(isa), dtype_name(d), int(index), (long long)O, (long long)K, (long long)M, density, bad,
           (long long)r0, (long long)r1);
 
+  // decompress_rows: bit-exact dense rows (a middle range, strided), before the index is corrupted below.
+  if (M == 1) {
+    const int64_t o0 = O / 4, o1 = O - O / 5, ld = K + 5;
+    Buf out(d, static_cast<size_t>((o1 - o0) * ld));
+    const int64_t r = csr::decompress_rows(a, out.data(), ld, o0, o1);
+    int diff = 0;
+    for (int64_t o = o0; o < o1; ++o)
+      for (int64_t k = 0; k < K; ++k) diff += out.get((o - o0) * ld + k) != w.dense.get(o * K + k);
+    h.check(r < 0 && diff == 0, "csr decompress_rows %s idx=%d O=%lld K=%lld: ret %lld, %d differ", dtype_name(d),
+            int(index), (long long)O, (long long)K, (long long)r, diff);
+  }
+
   // A column index >= K in one row: that row is reported, and nothing is read out of bounds (ASan).
   if (w.row_ptr[O] > 0) {
     int64_t victim = 0;
@@ -85,6 +97,12 @@ void run_case(Harness& h, Isa isa, DType d, int64_t O, int64_t K, int64_t M, dou
     const bool expect = index == csr::Index::i32 || K <= 65535;
     h.check(!expect || r == victim, "csr %s %s idx=%d M=%lld: bad column in row %lld reported as %lld",
             isa_name(isa), dtype_name(d), int(index), (long long)M, (long long)victim, (long long)r);
+    if (M == 1) {
+      Buf out(d, static_cast<size_t>(O * K));
+      const int64_t rd = csr::decompress_rows(a, out.data(), K, 0, O);
+      h.check(!expect || rd == victim, "csr decompress_rows %s idx=%d: bad column in row %lld reported as %lld",
+              dtype_name(d), int(index), (long long)victim, (long long)rd);
+    }
   }
 }
 

@@ -71,6 +71,12 @@ Problem validate(const int64_t* row_ptr, int64_t O, const void* cols, bool i64, 
 
 // Splits rows [0, O) into `parts` ranges of about equal cost (entries + kRowCost per row):
 // bounds[0] = 0, bounds[parts] = O, non-decreasing.
+// Rows [o_begin, o_end) of the dense [O, K] weight in the values' dtype, row o at dense + (o - o_begin) * ld
+// elements (repeated columns add up in fp32, as torch's to_dense does). Reads a.dtype, index, K, row_ptr, cols,
+// values only. cols may be untrusted: returns -1, or the first row holding a column outside [0, K) (its
+// dense row is then unspecified). Used by to_dense and by the glue's dense-math path at large M.
+int64_t decompress_rows(const SpmmArgs& a, void* dense, int64_t ld, int64_t o_begin, int64_t o_end);
+
 constexpr int64_t kRowCost = 8;
 void balanced_splits(const int64_t* row_ptr, int64_t O, int64_t parts, int64_t* bounds);
 

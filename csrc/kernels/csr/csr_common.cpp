@@ -1,6 +1,8 @@
 // ISA dispatch and the ISA-independent pieces of the CSR family: packing B, validation, row splits.
 #include <algorithm>
 #include <cmath>
+#include <cstring>
+#include <vector>
 
 #include "csr_impl.h"
 
@@ -18,6 +20,61 @@ SpmmFn spmm_kernel(Isa isa) {
 #endif
     default: return nullptr;
   }
+}
+
+// Scatters one row's value bits; false if a column is out of range or not strictly increasing (then the caller
+// checks the range and, for repeated columns, adds them up).
+template <class C, class V>
+static bool scatter_row(const C* cols, const V* vals, int64_t e0, int64_t e1, int64_t K, V* d) {
+  int64_t prev = -1;
+  for (int64_t e = e0; e < e1; ++e) {
+    const int64_t c = static_cast<int64_t>(cols[e]);
+    if (c <= prev || c >= K) return false;
+    prev = c;
+    d[c] = vals[e];
+  }
+  return true;
+}
+
+int64_t decompress_rows(const SpmmArgs& a, void* dense, int64_t ld, int64_t o_begin, int64_t o_end) {
+  const size_t es = a.dtype == DType::f32 ? 4 : 2;
+  std::vector<float> acc;  // only for rows with repeated or unsorted columns
+  for (int64_t o = o_begin; o < o_end; ++o) {
+    char* d = static_cast<char*>(dense) + (o - o_begin) * ld * static_cast<int64_t>(es);
+    std::memset(d, 0, static_cast<size_t>(a.K) * es);
+    // Fast path: strictly increasing columns (what compress() writes) are a plain scatter of the value bits.
+    const int64_t e0 = a.row_ptr[o], e1 = a.row_ptr[o + 1];
+    bool ok = true;
+    if (a.index == Index::u16)
+      ok = es == 4 ? scatter_row(static_cast<const uint16_t*>(a.cols), static_cast<const uint32_t*>(a.values), e0,
+                                 e1, a.K, reinterpret_cast<uint32_t*>(d))
+                   : scatter_row(static_cast<const uint16_t*>(a.cols), static_cast<const uint16_t*>(a.values), e0,
+                                 e1, a.K, reinterpret_cast<uint16_t*>(d));
+    else
+      ok = es == 4 ? scatter_row(static_cast<const int32_t*>(a.cols), static_cast<const uint32_t*>(a.values), e0,
+                                 e1, a.K, reinterpret_cast<uint32_t*>(d))
+                   : scatter_row(static_cast<const int32_t*>(a.cols), static_cast<const uint16_t*>(a.values), e0,
+                                 e1, a.K, reinterpret_cast<uint16_t*>(d));
+    if (ok) continue;
+    for (int64_t e = e0; e < e1; ++e) {
+      const int64_t c = a.index == Index::u16 ? static_cast<const uint16_t*>(a.cols)[e]
+                                              : static_cast<const int32_t*>(a.cols)[e];
+      if (c < 0 || c >= a.K) return o;
+    }
+    acc.assign(static_cast<size_t>(a.K), 0.0f);  // repeated columns add up, in fp32
+    const uint16_t* v16 = static_cast<const uint16_t*>(a.values);
+    for (int64_t e = a.row_ptr[o]; e < a.row_ptr[o + 1]; ++e) {
+      const int64_t c = a.index == Index::u16 ? static_cast<const uint16_t*>(a.cols)[e]
+                                              : static_cast<const int32_t*>(a.cols)[e];
+      acc[c] += a.dtype == DType::f32 ? static_cast<const float*>(a.values)[e]
+              : a.dtype == DType::bf16 ? bf16_to_f32(v16[e]) : f16_to_f32(v16[e]);
+    }
+    for (int64_t k = 0; k < a.K; ++k) {
+      if (a.dtype == DType::f32) reinterpret_cast<float*>(d)[k] = acc[k];
+      else reinterpret_cast<uint16_t*>(d)[k] = a.dtype == DType::bf16 ? f32_to_bf16(acc[k]) : f32_to_f16(acc[k]);
+    }
+  }
+  return -1;
 }
 
 int64_t packed_ld(int64_t N) { return N == 1 ? 1 : (N + kPackAlign - 1) / kPackAlign * kPackAlign; }
