@@ -179,7 +179,7 @@ def main(argv=None) -> int:
     print("\ndense  :", d["text"].strip().replace("\n", " "))
     print("sparse :", s["text"].strip().replace("\n", " "))
     print("\n(ratio: sparse/dense for bytes and perplexity, speed-up for time and tokens/s. A 135M model is "
-          "overhead-bound on a CPU; `python -m sparseops.bench nm|csr|kv|attn` shows the kernels at scale.)")
+          "overhead-bound on a CPU; `python -m sparseops.bench model` shows a 1.1B model, nm|csr|kv|attn the kernels.)")
     return 0
 
 
