@@ -2,6 +2,8 @@
 // avx512_ext() says the CPU has them).
 // GCC 12 warns about the deliberately undefined source operand inside its own AVX-512 intrinsics.
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#include <cstdlib>
+
 #include "nm_avx512_dec.h"
 
 namespace sparseops::nm {
@@ -113,11 +115,9 @@ static inline float hsum(__m512 v) {  // register-only horizontal sum
 // block in 24 named accumulators (GCC kept an array of them in memory, storing it every iteration); the
 // missing rows / tokens repeat the first one and are not stored.
 int block_dp(const LinearArgs& a, const x86::Geo& g, const Avx512Dec::Slice& sl, int64_t o0, int R, int64_t m0,
-             int C) {
+             int C, const uint16_t* xp) {
   const int64_t n32 = a.K / 32, cnt32 = 2 * g.cnt, k32 = n32 * 32;
   const __mmask32 ld = static_cast<__mmask32>((uint64_t(1) << cnt32) - 1);
-  const uint16_t* xr[6];
-  for (int c = 0; c < 6; ++c) xr[c] = static_cast<const uint16_t*>(a.x) + (m0 + (c < C ? c : 0)) * a.ldx;
   const uint8_t* mr[4];
   const uint16_t* vr[4];
   for (int r = 0; r < 4; ++r) {
@@ -135,10 +135,8 @@ int block_dp(const LinearArgs& a, const x86::Geo& g, const Avx512Dec::Slice& sl,
   SPARSEOPS_Z(0) SPARSEOPS_Z(1) SPARSEOPS_Z(2) SPARSEOPS_Z(3)
 #undef SPARSEOPS_Z
   const int64_t steps = n32 + (k32 < a.K ? 1 : 0);
-  const __mmask32 xtail = static_cast<__mmask32>((uint64_t(1) << (a.K - k32)) - 1);
   for (int64_t cc = 0; cc < steps; ++cc) {
     __m512i w0, w1, w2, w3;
-    __mmask32 xm = ~__mmask32(0);
     if (cc < n32) {
       uint32_t b0, b1, b2, b3;
       std::memcpy(&b0, mr[0] + 4 * cc, 4);
@@ -158,11 +156,10 @@ int block_dp(const LinearArgs& a, const x86::Geo& g, const Avx512Dec::Slice& sl,
       w1 = _mm512_load_si512(wt[1]);
       w2 = _mm512_load_si512(wt[2]);
       w3 = _mm512_load_si512(wt[3]);
-      xm = xtail;
     }
 #define SPARSEOPS_COL(c)                                                           \
     {                                                                              \
-      const __m512bh xv = (__m512bh)_mm512_maskz_loadu_epi16(xm, xr[c] + cc * 32); \
+      const __m512bh xv = (__m512bh)_mm512_load_si512(xp + (cc * 6 + c) * 32);      \
       a0##c = _mm512_dpbf16_ps(a0##c, (__m512bh)w0, xv);                           \
       a1##c = _mm512_dpbf16_ps(a1##c, (__m512bh)w1, xv);                           \
       a2##c = _mm512_dpbf16_ps(a2##c, (__m512bh)w2, xv);                           \
@@ -184,21 +181,46 @@ int block_dp(const LinearArgs& a, const x86::Geo& g, const Avx512Dec::Slice& sl,
 
 }  // namespace
 
+// x of tokens [m0, m0 + 6) packed chunk-major: chunk cc of token c at xp[(cc * 6 + c) * 32], zero padded past K
+// and past M. Token rows of x are usually 8 KiB apart (K = 4096), so reading them in place makes six streams that
+// share one L1 set; packed, the block's x is one sequential stream.
+static void pack_x(const LinearArgs& a, int64_t m0, int C, int64_t steps, uint16_t* xp) {
+  std::memset(xp, 0, static_cast<size_t>(steps * 6 * 32) * 2);
+  for (int c = 0; c < C; ++c) {
+    const uint16_t* src = static_cast<const uint16_t*>(a.x) + (m0 + c) * a.ldx;
+    for (int64_t cc = 0; cc < steps; ++cc) {
+      const int64_t k0 = cc * 32, n = std::min<int64_t>(32, a.K - k0);
+      std::memcpy(xp + (cc * 6 + c) * 32, src + k0, static_cast<size_t>(n) * 2);
+    }
+  }
+}
+
 int64_t linear_bf16_dp_avx512x(const LinearArgs& a, int64_t o_begin, int64_t o_end) {
   const x86::Geo g(a);
   const Avx512Dec::Slice sl(g);
+  const int64_t steps = (a.K + 31) / 32, mblocks = (a.M + 5) / 6;
+  // All of x, packed once per call (M * K bf16: small next to the weight this call streams).
+  uint16_t* xp = static_cast<uint16_t*>(std::aligned_alloc(64, static_cast<size_t>(mblocks * steps * 6 * 32) * 2));
+  if (!xp) return x86::run<Avx512Dec>(a, o_begin, o_end);  // no memory for the copy: the fp32 path
+  for (int64_t mb = 0; mb < mblocks; ++mb)
+    pack_x(a, mb * 6, static_cast<int>(std::min<int64_t>(6, a.M - mb * 6)), steps, xp + mb * steps * 6 * 32);
+  int64_t bad = -1;
   constexpr int64_t OB = 64;  // rows whose compressed weight (~300 KiB at K=4096, 2:4) stays in L2 across x blocks
-  for (int64_t ob = o_begin; ob < o_end; ob += OB) {
+  for (int64_t ob = o_begin; ob < o_end && bad < 0; ob += OB) {
     const int64_t oe = std::min(ob + OB, o_end);
-    for (int64_t m0 = 0; m0 < a.M; m0 += 6) {
-      const int C = static_cast<int>(std::min<int64_t>(6, a.M - m0));
+    for (int64_t mb = 0; mb < mblocks && bad < 0; ++mb) {
+      const int C = static_cast<int>(std::min<int64_t>(6, a.M - mb * 6));
       for (int64_t o = ob; o < oe; o += 4) {
         const int R = static_cast<int>(std::min<int64_t>(4, oe - o));
-        if (block_dp(a, g, sl, o, R, m0, C)) return x86::first_bad(g, a.mask, o, o + R);
+        if (block_dp(a, g, sl, o, R, mb * 6, C, xp + mb * steps * 6 * 32)) {
+          bad = x86::first_bad(g, a.mask, o, o + R);
+          break;
+        }
       }
     }
   }
-  return -1;
+  std::free(xp);
+  return bad;
 }
 
 }  // namespace sparseops::nm
