@@ -1,7 +1,10 @@
 // Shared helpers of the ATen glue.
 #pragma once
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 
+#include <algorithm>
+#include <atomic>
 #include <stdexcept>
 
 #include "kernels/common/cpu_features.h"
@@ -26,6 +29,37 @@ inline Isa current_isa() {
   } catch (const std::exception& e) {
     TORCH_CHECK(false, e.what());
   }
+}
+
+// Decoded weight per GEMM call of the dense-tile paths (8 MiB measured best of 8/32 for N:M).
+constexpr int64_t kDenseTileBytes = int64_t(8) << 20;
+
+// Rows [b, e) of the decoded weight (all threads share the calls) into a buffer of `proto`'s dtype, row r at
+// dst + (r - b) * K elements, filled by decode(dst, b, e) -> -1 or the first row it found malformed.
+// y [M, O] = x2 @ W^T (+ bias) with W decoded kDenseTileBytes at a time and each tile multiplied by torch's
+// GEMM while it is still in cache (the decode costs ~1/M of the GEMM). Dense math: NaN/Inf in x2 propagate as
+// in F.linear. Returns -1, or the malformed row (y is then unspecified).
+template <class Decode>
+int64_t dense_tile_gemm(const at::Tensor& x2, const at::Tensor& bias, const at::Tensor& proto, int64_t O, int64_t K,
+                        at::Tensor& y, Decode decode) {
+  const int64_t es = proto.element_size();
+  const int64_t TB = std::max<int64_t>(64, kDenseTileBytes / (K * es));
+  at::Tensor tile = at::empty({std::min(TB, O), K}, proto.options());
+  std::atomic<int64_t> bad{-1};
+  for (int64_t o0 = 0; o0 < O; o0 += TB) {
+    const int64_t rows = std::min(TB, O - o0);
+    at::parallel_for(0, rows, 16, [&](int64_t b, int64_t e) {
+      const int64_t r = decode(static_cast<char*>(tile.data_ptr()) + b * K * es, o0 + b, o0 + e);
+      if (r >= 0) {
+        int64_t expected = -1;
+        bad.compare_exchange_strong(expected, r);
+      }
+    });
+    if (bad.load() >= 0) return bad.load();
+    at::Tensor w = tile.narrow(0, 0, rows);
+    y.narrow(1, o0, rows).copy_(bias.defined() ? at::addmm(bias.narrow(0, o0, rows), x2, w.t()) : at::mm(x2, w.t()));
+  }
+  return -1;
 }
 
 }  // namespace sparseops::ops

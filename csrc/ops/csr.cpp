@@ -61,16 +61,38 @@ void check_row_ptr(const at::Tensor& row_ptr, int64_t nnz, const char* who) {
   fail_problem(p, where, O, nnz, -1, who);
 }
 
+// The decoder's view of a CSR weight (cols int16 holding uint16, or int32).
+csr::SpmmArgs weight_args(const at::Tensor& row_ptr, const at::Tensor& cols, const at::Tensor& values, int64_t K,
+                          const char* who) {
+  csr::SpmmArgs a{};
+  a.dtype = csr_dtype(values, who);
+  a.index = cols.scalar_type() == at::kShort ? csr::Index::u16 : csr::Index::i32;
+  a.O = row_ptr.numel() - 1; a.K = K;
+  a.row_ptr = row_ptr.data_ptr<int64_t>();
+  a.cols = cols.data_ptr(); a.values = values.data_ptr();
+  return a;
+}
+
+void check_columns(int64_t bad, int64_t K, const char* who) {
+  TORCH_CHECK(bad < 0, who, ": malformed CSR: row ", bad, " has a column index outside [0, ", K, ")");
+}
+
 // Dense [O, K] in values' dtype (entries with the same column add up, as torch's to_dense does).
-at::Tensor dense_weight(const at::Tensor& row_ptr, const at::Tensor& cols, const at::Tensor& values, int64_t K) {
-  const int64_t O = row_ptr.numel() - 1;
-  at::Tensor counts = row_ptr.narrow(0, 1, O) - row_ptr.narrow(0, 0, O);
-  at::Tensor rows = at::repeat_interleave(at::arange(O, row_ptr.options()), counts);
-  at::Tensor c = cols.to(at::kLong);
-  if (cols.scalar_type() == at::kShort) c = at::bitwise_and(c, 0xffff);
-  at::Tensor dense = at::zeros({O, K}, values.options().dtype(at::kFloat));
-  dense.index_put_({rows, c}, values.to(at::kFloat), /*accumulate=*/true);
-  return dense.to(values.scalar_type());
+at::Tensor dense_weight(const at::Tensor& row_ptr, const at::Tensor& cols, const at::Tensor& values, int64_t K,
+                        const char* who) {
+  const csr::SpmmArgs a = weight_args(row_ptr, cols, values, K, who);
+  at::Tensor dense = at::empty({a.O, K}, values.options());
+  std::atomic<int64_t> bad{-1};
+  at::parallel_for(0, a.O, 64, [&](int64_t b, int64_t e) {
+    const int64_t r = csr::decompress_rows(a, static_cast<char*>(dense.data_ptr()) + b * K * values.element_size(),
+                                           K, b, e);
+    if (r >= 0) {
+      int64_t expected = -1;
+      bad.compare_exchange_strong(expected, r);
+    }
+  });
+  check_columns(bad.load(), K, who);
+  return dense;
 }
 
 // out = A @ B (+ bias) for B given as (k, j) -> src + k*sk + j*sj; y element (o, j) at y + o*so + j*sj_out.
@@ -114,16 +136,11 @@ std::vector<int64_t> run_spmm(const at::Tensor& row_ptr, const at::Tensor& cols,
       }
     }
   });
-  TORCH_CHECK(bad.load() < 0, who, ": malformed CSR: row ", bad.load(), " has a column index outside [0, ", K, ")");
+  check_columns(bad.load(), K, who);
   std::vector<int64_t> cols_bad;
   for (int64_t j = 0; j < N; ++j)
     if (nonfinite[j]) cols_bad.push_back(j);
   return cols_bad;
-}
-
-csr::DType dt_of(const at::Tensor& values) {
-  return values.scalar_type() == at::kFloat ? csr::DType::f32
-       : values.scalar_type() == at::kBFloat16 ? csr::DType::bf16 : csr::DType::f16;
 }
 
 // Where a dense GEMM on the decoded weight beats the sparse kernel (bench csr on Zen 4): bf16 from density 0.15
@@ -137,36 +154,6 @@ bool use_dense_tiles(int64_t M, int64_t O, int64_t K, int64_t nnz, csr::DType dt
   const double density = static_cast<double>(nnz) / (static_cast<double>(O) * static_cast<double>(K));
   return dt == csr::DType::bf16 && cpu_features().avx512_bf16 &&
          ((M >= 64 && density > 0.15) || (M >= 16 && density > 0.4));
-}
-
-// y = x2 @ W^T + bias by decoding W a few MiB at a time (all threads) and multiplying each tile with torch's GEMM
-// while it is still in cache. Dense math: NaN/Inf in x propagate exactly as in F.linear.
-void dense_tiles(const at::Tensor& x2, const at::Tensor& row_ptr, const at::Tensor& cols, const at::Tensor& values,
-                 const at::Tensor& bias, int64_t K, at::Tensor& y, const char* who) {
-  const int64_t O = row_ptr.numel() - 1;
-  csr::SpmmArgs a{};
-  a.dtype = dt_of(values);
-  a.index = cols.scalar_type() == at::kShort ? csr::Index::u16 : csr::Index::i32;
-  a.O = O; a.K = K;
-  a.row_ptr = row_ptr.data_ptr<int64_t>();
-  a.cols = cols.data_ptr(); a.values = values.data_ptr();
-  const int64_t TB = std::max<int64_t>(64, (int64_t(8) << 20) / (K * values.element_size()));
-  at::Tensor tile = at::empty({std::min(TB, O), K}, values.options());
-  std::atomic<int64_t> bad{-1};
-  for (int64_t o0 = 0; o0 < O; o0 += TB) {
-    const int64_t rows = std::min(TB, O - o0);
-    at::parallel_for(0, rows, 16, [&](int64_t b, int64_t e) {
-      const int64_t r = csr::decompress_rows(a, static_cast<char*>(tile.data_ptr()) + b * K * values.element_size(),
-                                             K, o0 + b, o0 + e);
-      if (r >= 0) {
-        int64_t expected = -1;
-        bad.compare_exchange_strong(expected, r);
-      }
-    });
-    TORCH_CHECK(bad.load() < 0, who, ": malformed CSR: row ", bad.load(), " has a column index outside [0, ", K, ")");
-    at::Tensor w = tile.narrow(0, 0, rows);
-    y.narrow(1, o0, rows).copy_(bias.defined() ? at::addmm(bias.narrow(0, o0, rows), x2, w.t()) : at::mm(x2, w.t()));
-  }
 }
 
 at::Tensor check_bias(const std::optional<at::Tensor>& bias_in, int64_t O, const at::Tensor& x, const char* who) {
@@ -204,8 +191,11 @@ at::Tensor csr_linear_cpu(const at::Tensor& x, const at::Tensor& row_ptr_in, con
     }
     return y.view(out_shape);
   }
-  if (use_dense_tiles(M, O, K, nnz, dt_of(values))) {
-    dense_tiles(x2, row_ptr, cols, values, bias, K, y, who);
+  if (use_dense_tiles(M, O, K, nnz, csr_dtype(values, who))) {
+    const csr::SpmmArgs a = weight_args(row_ptr, cols, values, K, who);
+    check_columns(dense_tile_gemm(x2, bias, values, O, K, y,
+                                  [&](void* dst, int64_t b, int64_t e) { return csr::decompress_rows(a, dst, K, b, e); }),
+                  K, who);
     return y.view(out_shape);
   }
   // B = x^T: element (k, i) at x2 + k * stride(1) + i * stride(0); y element (o, i) at y + o + i * O.
@@ -213,7 +203,7 @@ at::Tensor csr_linear_cpu(const at::Tensor& x, const at::Tensor& row_ptr_in, con
                                       y.data_ptr(), 1, O, who);
   if (!bad.empty()) {
     at::Tensor idx = at::tensor(bad, at::kLong);
-    at::Tensor w = dense_weight(row_ptr, cols, values, K);
+    at::Tensor w = dense_weight(row_ptr, cols, values, K, who);
     at::Tensor yb = at::matmul(x2.index_select(0, idx).to(at::kFloat), w.to(at::kFloat).t());
     if (bias.defined()) yb = yb + bias.to(at::kFloat);
     y.index_copy_(0, idx, yb.to(x.scalar_type()));
@@ -260,7 +250,7 @@ at::Tensor csr_spmm_cpu(const at::Tensor& crow_in, const at::Tensor& col_in, con
                                       N, out.data_ptr(), N, 1, who);
   if (!bad.empty()) {
     at::Tensor idx = at::tensor(bad, at::kLong);
-    at::Tensor w = dense_weight(row_ptr, col, values, K).to(at::kFloat);
+    at::Tensor w = dense_weight(row_ptr, col, values, K, who).to(at::kFloat);
     out.index_copy_(1, idx, at::matmul(w, b.index_select(1, idx).to(at::kFloat)).to(b.scalar_type()));
   }
   return out;

@@ -23,7 +23,6 @@ using nm::DType;
 // instead (~1.0x dense; measured in bench/results/). Below that M the expanded kernels are used.
 constexpr int64_t kDenseTilesMinM = 128;
 constexpr int64_t kDenseTilesMinMBf16 = 40;  // where the kernel leaves bf16 dot products (sparse_min_m)
-constexpr int64_t kTileBytes = int64_t(8) << 20;  // decoded weight per GEMM call (8 MiB measured best of 8/32)
 // SPARSEOPS_NM_LARGE_M=kernel|tiles forces one path for M >= kDenseTilesMinM (benchmarks, experiments).
 // bf16 tiles only where torch's bf16 GEMM has hardware dot products (AVX512-BF16: oneDNN reaches ~2.4x our
 // fp32-FMA sparse path at 2:4 there, measured on Zen 4); elsewhere torch's bf16 GEMM is far slower.
@@ -103,25 +102,9 @@ at::Tensor nm_linear_cpu(const at::Tensor& x, const at::Tensor& values_in, const
   std::atomic<int64_t> bad{-1};
   if (use_dense_tiles(M, n, m, dt)) {
     g_last_path.store(kPathDenseTiles);
-    // Decode the weight a few MiB at a time (all threads), then run torch's multi-threaded dense GEMM
-    // on that tile while it is still in the last-level cache; the decode costs ~1/M of the GEMM.
-    const int64_t TB = std::max<int64_t>(64, kTileBytes / (K * values.element_size()));
     const nm::DecodeRowsFn dec = nm::decode_rows_kernel(isa);
-    at::Tensor tile = at::empty({std::min(TB, O), K}, values.options());
-    for (int64_t o0 = 0; o0 < O && bad.load() < 0; o0 += TB) {
-      const int64_t rows = std::min(TB, O - o0);
-      at::parallel_for(0, rows, 16, [&](int64_t b, int64_t e) {
-        const int64_t r = dec(a, static_cast<char*>(tile.data_ptr()) + b * K * values.element_size(), K,
-                              o0 + b, o0 + e);
-        if (r >= 0) {
-          int64_t expected = -1;
-          bad.compare_exchange_strong(expected, r);
-        }
-      });
-      if (bad.load() >= 0) break;
-      at::Tensor w = tile.narrow(0, 0, rows);
-      y.narrow(1, o0, rows).copy_(bias.defined() ? at::addmm(bias.narrow(0, o0, rows), x2, w.t()) : at::mm(x2, w.t()));
-    }
+    bad = dense_tile_gemm(x2, bias, values, O, K, y,
+                          [&](void* dst, int64_t b, int64_t e) { return dec(a, dst, K, b, e); });
     TORCH_CHECK(bad.load() < 0, "sparseops.nm_linear: malformed N:M mask in row ", bad.load(),
                 ": it does not keep exactly ", n, " of every ", m, " entries (sparseops.nm.validate names the group)");
     return y.view(out_shape);

@@ -79,10 +79,13 @@ def weight_bytes(model) -> int:
     return total
 
 
-def cache_bytes(cache) -> int:
+def cache_bytes(cache, tokens: int | None = None) -> int:
+    """Bytes a cache holds for its tokens; with `tokens`, a preallocated (static) cache counts only its first
+    `tokens` slots, not its unused tail."""
     if hasattr(cache, "nbytes"):
         return int(cache.nbytes)
-    return sum(t.nbytes for layer in cache.layers for t in (layer.keys, layer.values) if t is not None)
+    return sum((t if tokens is None else t[:, :, :tokens]).nbytes
+               for layer in cache.layers for t in (layer.keys, layer.values) if t is not None)
 
 
 def build_parser() -> argparse.ArgumentParser:
