@@ -10,6 +10,8 @@
 //   scores(qf, R, blk, n, D, scale, s)    s[r * kBlock + j] = scale * q_r . k_j, j < n (rows n..kBlock-1
 //                                         of blk hold finite leftovers, lanes j >= n of s are ignored)
 //   accum(acc, p, blk, n, D)              acc[d] += sum_j<n p[j] * blk[j * D + d]
+//   accum_rows(part, P, R, s, blk, n, D)  accum for R rows at once (row r: acc part + r * P + 2, p s + r *
+//                                         kBlock); FP32Keys's default calls accum row by row
 //   scal(acc, alpha, D)                   acc[d] *= alpha
 //   exp_sum(s, m, n)                      s[j] = exp(s[j] - m); returns the sum
 //   finish(dtype, acc, D)                 acc rows -> natural channel order (Ops may keep rows in any
@@ -28,6 +30,7 @@ namespace sparseops::kv {
 namespace {
 
 constexpr int kBlock = 16;  // tokens per online-softmax step
+constexpr int kPadD = 4096;  // SIMD expanders may over-read (see attend_partial) only up to this head_dim
 
 // Set bits of a record's bitmap (D / 8 bytes, an even count): 64 bits at a time.
 static inline int record_popcount(const uint8_t* bits, int nb) {
@@ -73,11 +76,23 @@ void attend_partial(const AttnArgs& a, int64_t b, int64_t h, int64_t t0, int64_t
   const char* kt = a.Tw ? static_cast<const char*>(a.k_tail) + bh * a.Tw * D * es : nullptr;
   const char* vt = a.Tw ? static_cast<const char*>(a.v_tail) + bh * a.Tw * D * es : nullptr;
 
+  // SIMD expanders may load (and ignore) up to 8 values past a record, which is inside the buffer for every
+  // record but the storage's very last one: that one is read from a padded copy.
+  const bool last_head = bh == a.B * a.Hkv - 1;
+  alignas(64) char pad[(kPadD + 16) * 4];
+  auto record = [&](const char* vals, int64_t tok, int64_t tcap, int k) {
+    if (!last_head || tok != tcap - 1 || D > kPadD) return vals;
+    std::memcpy(pad, vals, k * es);
+    std::memset(pad + k * es, 0, 16 * es);
+    return static_cast<const char*>(pad);
+  };
   for (int64_t t = t0; t < t1; t += kBlock) {
     const int n = static_cast<int>(std::min<int64_t>(kBlock, t1 - t));
     for (int j = 0; j < n; ++j) {
       const int64_t tok = t + j;
-      if (tok < a.T) Ops::expand_k(a.dtype, kb + tok * nb, kvv + tok * a.kk * es, D, a.kk, kblk + j * D);
+      if (tok < a.T)
+        Ops::expand_k(a.dtype, kb + tok * nb, record(kvv + tok * a.kk * es, tok, a.Tcap_k, a.kk), D, a.kk,
+                      kblk + j * D);
       else Ops::load_k(a.dtype, kt + (tok - a.T) * D * es, D, kblk + j * D);
     }
     Ops::scores(qf, R, kblk, n, D, a.scale, s);
@@ -103,10 +118,11 @@ void attend_partial(const AttnArgs& a, int64_t b, int64_t h, int64_t t0, int64_t
     }
     for (int j = 0; j < n; ++j) {
       const int64_t tok = t + j;
-      if (tok < a.T) Ops::expand(a.dtype, vb + tok * nb, vvv + tok * a.kv * es, D, a.kv, vblk + j * D);
+      if (tok < a.T)
+        Ops::expand(a.dtype, vb + tok * nb, record(vvv + tok * a.kv * es, tok, a.Tcap_v, a.kv), D, a.kv, vblk + j * D);
       else Ops::load(a.dtype, vt + (tok - a.T) * D * es, D, vblk + j * D);
     }
-    for (int64_t r = 0; r < R; ++r) Ops::accum(part + r * P + 2, s + r * kBlock, vblk, n, D);
+    Ops::accum_rows(part, P, R, s, vblk, n, D);
   }
   for (int64_t r = 0; r < R; ++r) Ops::finish(a.dtype, part + r * P + 2, D);
 }
@@ -122,6 +138,9 @@ struct FP32Keys {
     Ops::expand(d, bits, vals, D, k, out);
   }
   static inline void load_k(DType d, const void* row, int D, float* out) { Ops::load(d, row, D, out); }
+  static inline void accum_rows(float* part, int64_t P, int64_t R, const float* s, const float* blk, int n, int D) {
+    for (int64_t r = 0; r < R; ++r) Ops::accum(part + r * P + 2, s + r * kBlock, blk, n, D);
+  }
   static inline void finish(DType, float*, int) {}
 };
 

@@ -1,11 +1,12 @@
-// AVX2 variant of bitmap-KV decode attention and compression. AVX2 has no expand instruction: a record's values
-// are first widened to fp32 vectors, then each bitmap byte picks a lane permutation from a 256-entry table
-// (vpermps) that moves the next popcount(byte) values to their channels; an and zeroes the pruned lanes.
-// Records whose popcount is not k take the scalar, clamped path.
+// AVX2 variant of bitmap-KV decode attention and compression. AVX2 has no expand instruction: each bitmap byte
+// picks a table shuffle that moves its popcount(byte) values to their channels (fp32: vpermps + and; bf16: one
+// vpshufb that also widens; fp16: vpshufb + vcvtph2ps). Records whose popcount is not k take the scalar, clamped
+// path.
 #include <immintrin.h>
 
 #include <cstring>
 
+#include "../common/bf16_place.h"
 #include "kv_attend.h"
 #include "kv_select.h"
 
@@ -29,6 +30,7 @@ struct ExpandTable {
   }
 };
 const ExpandTable kTable;
+const Bf16Place& kPlace = bf16_place();  // bound at load time: no init guard in the hot loop
 
 static inline __m256 widen8(DType d, const char* p) {
   if (d == DType::f32) return _mm256_loadu_ps(reinterpret_cast<const float*>(p));
@@ -62,37 +64,76 @@ static inline __m256 exp256(__m256 x) {
   return _mm256_and_ps(_mm256_mul_ps(p, _mm256_castsi256_ps(e)), live);
 }
 
+// One 8-channel group: mask byte b (given as b * 32, a table row offset) whose values start at value `off`.
+template <DType Dt>
+static inline __m256 place8(const char* v, unsigned b32, int off) {
+  if constexpr (Dt == DType::f32) {
+    const char* row = reinterpret_cast<const char*>(kTable.perm[0]) + b32;
+    const __m256i idx = _mm256_load_si256(reinterpret_cast<const __m256i*>(row));
+    const __m256 x = _mm256_permutevar8x32_ps(_mm256_loadu_ps(reinterpret_cast<const float*>(v) + off), idx);
+    const char* keep = reinterpret_cast<const char*>(kTable.keep[0]) + b32;
+    return _mm256_and_ps(x, _mm256_castsi256_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(keep))));
+  } else if constexpr (Dt == DType::bf16) {
+    const char* row = reinterpret_cast<const char*>(kPlace.t[0][0]) + b32;
+    const __m256i src = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(v + 2 * off)));
+    return _mm256_castsi256_ps(_mm256_shuffle_epi8(src, _mm256_load_si256(reinterpret_cast<const __m256i*>(row))));
+  } else {
+    const char* sh = reinterpret_cast<const char*>(kTable.shuf16[0]) + b32 / 2;
+    const __m128i h = _mm_shuffle_epi8(_mm_loadu_si128(reinterpret_cast<const __m128i*>(v + 2 * off)),
+                                       _mm_load_si128(reinterpret_cast<const __m128i*>(sh)));
+    return _mm256_cvtph_ps(h);
+  }
+}
+
+// Records with exactly k >= 8 set bits. Per 16 bitmap bytes, SIMD computes every byte's table row offset and the
+// offset of its first value in the record (prefix popcounts), so placing a byte's 8 channels is two small loads,
+// one value load and one table shuffle, with no serial dependence between bytes. The value load takes 8 values,
+// so it can reach up to 7 values past the record: attend_partial gives the storage's last record a padded copy
+// (kv_attend.h).
+template <DType Dt>
+static inline void expand_t(const uint8_t* bits, const char* v, int D, float* out) {
+  const int nb = D / 8;
+  const __m128i lut = _mm_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4), lo = _mm_set1_epi8(0x0f);
+  alignas(32) uint16_t row[16];
+  alignas(16) uint8_t off[16];
+  int base = 0;
+  for (int i = 0; i < nb; i += 16) {
+    const int nw = std::min(16, nb - i);
+    __m128i b;
+    if (nw == 16) {
+      b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(bits + i));
+    } else {
+      alignas(16) uint8_t tmp[16] = {};
+      std::memcpy(tmp, bits + i, nw);
+      b = _mm_load_si128(reinterpret_cast<const __m128i*>(tmp));
+    }
+    const __m128i cnt = _mm_add_epi8(_mm_shuffle_epi8(lut, _mm_and_si128(b, lo)),
+                                     _mm_shuffle_epi8(lut, _mm_and_si128(_mm_srli_epi16(b, 4), lo)));
+    __m128i incl = _mm_add_epi8(cnt, _mm_slli_si128(cnt, 1));
+    incl = _mm_add_epi8(incl, _mm_slli_si128(incl, 2));
+    incl = _mm_add_epi8(incl, _mm_slli_si128(incl, 4));
+    incl = _mm_add_epi8(incl, _mm_slli_si128(incl, 8));  // <= 128: fits a byte
+    _mm_store_si128(reinterpret_cast<__m128i*>(off), _mm_sub_epi8(incl, cnt));
+    _mm256_store_si256(reinterpret_cast<__m256i*>(row), _mm256_slli_epi16(_mm256_cvtepu8_epi16(b), 5));
+    float* o = out + 8 * i;
+    if (nw == 16) {
+#pragma GCC unroll 16
+      for (int j = 0; j < 16; ++j) _mm256_storeu_ps(o + 8 * j, place8<Dt>(v, row[j], base + off[j]));
+    } else {
+      for (int j = 0; j < nw; ++j) _mm256_storeu_ps(o + 8 * j, place8<Dt>(v, row[j], base + off[j]));
+    }
+    base += _mm_extract_epi8(incl, 15);
+  }
+}
+
 struct Avx2Ops : FP32Keys<Avx2Ops> {
-  // Each bitmap byte takes the next popcount(byte) values straight from the record: 8 values loaded at the
-  // running offset, moved to their channels by a table shuffle (fp32: vpermps + and; 16-bit: pshufb, whose 0x80
-  // entries zero the pruned lanes) and widened. Near the end of the record the load is anchored at the last 8
-  // values instead and the shuffle indices shifted, so nothing outside the record's k values is read. (Widening
-  // all values into a buffer first and reloading it at unaligned offsets stalled on store forwarding, and a
-  // per-record memcpy of the tail cost ~20% of the kernel: measured.)
   static inline void expand(DType d, const uint8_t* bits, const void* vals, int D, int k, float* out) {
-    if (record_popcount(bits, D / 8) != k || k < 8) return ScalarOps::expand(d, bits, vals, D, k, out);
+    if (k < 8 || D > kPadD || record_popcount(bits, D / 8) != k) return ScalarOps::expand(d, bits, vals, D, k, out);
     const char* v = static_cast<const char*>(vals);
-    const int es = static_cast<int>(dtype_size(d));
-    int off = 0;
-    for (int c = 0; c < D / 8; ++c) {
-      const uint8_t b = bits[c];
-      const int base = off + 8 <= k ? off : k - 8, shift = off - base;
-      const char* src = v + base * es;
-      __m256 x;
-      if (d == DType::f32) {
-        const __m256i idx = _mm256_add_epi32(_mm256_load_si256(reinterpret_cast<const __m256i*>(kTable.perm[b])),
-                                             _mm256_set1_epi32(shift));
-        x = _mm256_permutevar8x32_ps(_mm256_loadu_ps(reinterpret_cast<const float*>(src)), idx);
-        x = _mm256_and_ps(x, _mm256_castsi256_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(kTable.keep[b]))));
-      } else {  // 0x80 + 2 * shift keeps bit 7 set: pruned lanes stay zero
-        const __m128i sh = _mm_add_epi8(_mm_load_si128(reinterpret_cast<const __m128i*>(kTable.shuf16[b])),
-                                        _mm_set1_epi8(static_cast<char>(2 * shift)));
-        const __m128i h = _mm_shuffle_epi8(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src)), sh);
-        x = d == DType::bf16 ? _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16))
-                             : _mm256_cvtph_ps(h);
-      }
-      _mm256_storeu_ps(out + 8 * c, x);
-      off += __builtin_popcount(b);
+    switch (d) {
+      case DType::f32: return expand_t<DType::f32>(bits, v, D, out);
+      case DType::bf16: return expand_t<DType::bf16>(bits, v, D, out);
+      case DType::f16: return expand_t<DType::f16>(bits, v, D, out);
     }
   }
   static inline void load(DType d, const void* row, int D, float* out) {
@@ -100,29 +141,70 @@ struct Avx2Ops : FP32Keys<Avx2Ops> {
     const int es = static_cast<int>(dtype_size(d));
     for (int c = 0; c < D; c += 8) _mm256_storeu_ps(out + c, widen8(d, p + c * es));
   }
-  // Per row, 8 tokens at a time: 8 accumulators share each loaded q chunk, then a hadd tree folds them into 8
-  // scores in one vector (instead of 8 horizontal sums). Rows j >= n of blk hold finite leftovers (zeroed buffer),
-  // whose lanes the caller ignores.
-  static inline void scores(const float* qf, int64_t R, const float* blk, int n, int D, float, float* s) {
-    for (int64_t r = 0; r < R; ++r) {
-      const float* q = qf + r * D;
-      for (int j0 = 0; j0 < n; j0 += 8) {
-        const float* b = blk + j0 * D;
-        __m256 a[8];
-#pragma GCC unroll 8
-        for (int j = 0; j < 8; ++j) a[j] = _mm256_setzero_ps();
-        for (int c = 0; c < D; c += 8) {
-          const __m256 qc = _mm256_loadu_ps(q + c);
-#pragma GCC unroll 8
-          for (int j = 0; j < 8; ++j) a[j] = _mm256_fmadd_ps(qc, _mm256_loadu_ps(b + j * D + c), a[j]);
+  // Register tiles of RB query rows x 2 tokens: per 8 channels, 2 K loads and RB q loads feed 2 * RB FMAs (one
+  // load per FMA was the bound before). Token pairs run to 16 (rows n..15 of blk hold finite leftovers whose
+  // scores the caller ignores).
+  template <int RB>
+  static inline void scores_tile(const float* q, int D, const float* blk, float* s) {
+    for (int j = 0; j < kBlock; j += 2) {
+      const float* k0 = blk + j * D;
+      const float* k1 = k0 + D;
+      __m256 a0[RB], a1[RB];
+#pragma GCC unroll 4
+      for (int r = 0; r < RB; ++r) a0[r] = a1[r] = _mm256_setzero_ps();
+      for (int c = 0; c < D; c += 8) {
+        const __m256 x0 = _mm256_loadu_ps(k0 + c), x1 = _mm256_loadu_ps(k1 + c);
+#pragma GCC unroll 4
+        for (int r = 0; r < RB; ++r) {
+          __m256 qc = _mm256_loadu_ps(q + r * D + c);
+          __asm__("" : "+x"(qc));  // one load for both tokens, not one folded into each FMA
+          a0[r] = _mm256_fmadd_ps(qc, x0, a0[r]);
+          a1[r] = _mm256_fmadd_ps(qc, x1, a1[r]);
         }
-        const __m256 h0 = _mm256_hadd_ps(_mm256_hadd_ps(a[0], a[1]), _mm256_hadd_ps(a[2], a[3]));
-        const __m256 h1 = _mm256_hadd_ps(_mm256_hadd_ps(a[4], a[5]), _mm256_hadd_ps(a[6], a[7]));
-        // h0 = [t0..t3 low halves | t0..t3 high halves], h1 likewise for t4..t7
-        _mm256_storeu_ps(s + r * kBlock + j0, _mm256_add_ps(_mm256_permute2f128_ps(h0, h1, 0x20),
-                                                            _mm256_permute2f128_ps(h0, h1, 0x31)));
+      }
+#pragma GCC unroll 4
+      for (int r = 0; r < RB; ++r) {
+        s[r * kBlock + j] = hsum8(a0[r]);
+        s[r * kBlock + j + 1] = hsum8(a1[r]);
       }
     }
+  }
+  static inline void scores(const float* qf, int64_t R, const float* blk, int n, int D, float, float* s) {
+    int64_t r = 0;
+    for (; r + 4 <= R; r += 4) scores_tile<4>(qf + r * D, D, blk, s + r * kBlock);
+    for (; r < R; ++r) scores_tile<1>(qf + r * D, D, blk, s + r * kBlock);
+    (void)n;
+  }
+  // RB rows x 16 channels: per token, 2 V loads and RB broadcasts of p feed 2 * RB FMAs.
+  template <int RB>
+  static inline void accum_tile(float* part, int64_t P, const float* s, const float* blk, int n, int D) {
+    for (int c = 0; c < D; c += 16) {
+      __m256 a0[RB], a1[RB];
+#pragma GCC unroll 4
+      for (int r = 0; r < RB; ++r) {
+        a0[r] = _mm256_loadu_ps(part + r * P + 2 + c);
+        a1[r] = _mm256_loadu_ps(part + r * P + 2 + c + 8);
+      }
+      for (int j = 0; j < n; ++j) {
+        const __m256 v0 = _mm256_loadu_ps(blk + j * D + c), v1 = _mm256_loadu_ps(blk + j * D + c + 8);
+#pragma GCC unroll 4
+        for (int r = 0; r < RB; ++r) {
+          const __m256 p = _mm256_broadcast_ss(s + r * kBlock + j);
+          a0[r] = _mm256_fmadd_ps(p, v0, a0[r]);
+          a1[r] = _mm256_fmadd_ps(p, v1, a1[r]);
+        }
+      }
+#pragma GCC unroll 4
+      for (int r = 0; r < RB; ++r) {
+        _mm256_storeu_ps(part + r * P + 2 + c, a0[r]);
+        _mm256_storeu_ps(part + r * P + 2 + c + 8, a1[r]);
+      }
+    }
+  }
+  static inline void accum_rows(float* part, int64_t P, int64_t R, const float* s, const float* blk, int n, int D) {
+    int64_t r = 0;
+    for (; r + 4 <= R; r += 4) accum_tile<4>(part + r * P, P, s + r * kBlock, blk, n, D);
+    for (; r < R; ++r) accum_tile<1>(part + r * P, P, s + r * kBlock, blk, n, D);
   }
   static inline void accum(float* acc, const float* p, const float* blk, int n, int D) {
     int c = 0;

@@ -7,6 +7,7 @@
 // byte 0's popcount. Blocking, tails and the threading contract are in nm_x86_tile.h.
 #include <immintrin.h>
 
+#include "../common/bf16_place.h"
 #include "nm.h"
 #include "nm_x86_tile.h"
 
@@ -111,35 +112,10 @@ struct Avx2Dec {
 };
 
 // ---- bf16 GEMV (M == 1) for patterns with at most 4 kept values per mask byte ---------------------------
-// bf16 -> fp32 is "the 16 bits go to the top of the lane", so one vpshufb can both place a mask byte's kept
-// values in their 8 column lanes and widen them: each 32-bit lane takes bytes (2r, 2r+1) of the value run
-// into its top half and zeroes (0x80) the rest. Per 8 columns that is one shuffle with a table operand
-// instead of load-widen-permute-blend, which made the generic decoder compute bound at ~0.3 cycles per
-// column (bf16 2:4 ran at dense speed). A 16-column chunk's run (2*c8 <= 8 values) is one 16-byte load
-// broadcast to both halves; the table for the chunk's second byte starts c8 values in.
-struct Bf16Shuf {
-  alignas(32) uint8_t t[5][256][32];  // [value offset][mask byte] -> vpshufb control
-  Bf16Shuf() {
-    for (int off = 0; off <= 4; ++off)
-      for (int b = 0; b < 256; ++b)
-        for (int j = 0, r = 0; j < 8; ++j) {
-          uint8_t* lane = &t[off][b][4 * j];  // column j: 128-bit half j / 4, slot j % 4
-          const bool kept = (b >> j) & 1;
-          // Past 15 only for bytes with more than 4 bits, which the row check rejects before use.
-          const int src = 2 * (r + off) & 15;
-          lane[0] = lane[1] = 0x80;
-          lane[2] = kept ? static_cast<uint8_t>(src) : 0x80;
-          lane[3] = kept ? static_cast<uint8_t>(src + 1) : 0x80;
-          r += kept;
-        }
-  }
-};
-
-const Bf16Shuf& bf16_shuf() {
-  static const Bf16Shuf s;
-  return s;
-}
-
+// One vpshufb per 8 columns places and widens a mask byte's kept values (common/bf16_place.h) instead of
+// load-widen-permute-blend, which made the generic decoder compute bound at ~0.3 cycles per column (bf16
+// 2:4 ran at dense speed). A 16-column chunk's run (2*c8 <= 8 values) is one 16-byte load broadcast to
+// both halves; the control for the chunk's second byte starts c8 values in.
 // Every byte of p[0, nb) has exactly c bits set (nibble-table popcount, 32 bytes at a time).
 static inline bool bytes_have(const uint8_t* p, int64_t nb, int c) {
   const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4, 0, 1, 1, 2, 1, 2, 2, 3, 1, 2,
@@ -163,7 +139,7 @@ template <int R>
 static inline int64_t m1_bf16_rows(const LinearArgs& a, const x86::Geo& g, const Avx2Dec::Slice& sl, const float* x,
                                    int64_t nfast, int64_t o) {
   const int c8 = 8 / g.m * g.n;
-  const Bf16Shuf& sh = bf16_shuf();
+  const Bf16Place& sh = bf16_place();
   const uint8_t(*t0)[32] = sh.t[0];
   const uint8_t(*t1)[32] = sh.t[c8];
   const int64_t vstep = static_cast<int64_t>(g.cnt) * 2;  // bytes of values per chunk
