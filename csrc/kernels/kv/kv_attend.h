@@ -11,7 +11,8 @@
 //                                         of blk hold finite leftovers, lanes j >= n of s are ignored)
 //   accum(acc, p, blk, n, D)              acc[d] += sum_j<n p[j] * blk[j * D + d]
 //   accum_rows(part, P, R, s, blk, n, D)  accum for R rows at once (row r: acc part + r * P + 2, p s + r *
-//                                         kBlock); FP32Keys's default calls accum row by row
+//                                         kBlock); FP32Keys's default calls accum row by row (an Ops that
+//                                         overrides accum_rows needs no accum)
 //   scal(acc, alpha, D)                   acc[d] *= alpha
 //   exp_sum(s, m, n)                      s[j] = exp(s[j] - m); returns the sum
 //   finish(dtype, acc, D)                 acc rows -> natural channel order (Ops may keep rows in any

@@ -6,6 +6,7 @@
 
 #include <cstring>
 
+#include "../common/avx2_popcnt.h"
 #include "../common/bf16_place.h"
 #include "kv_attend.h"
 #include "kv_select.h"
@@ -93,7 +94,6 @@ static inline __m256 place8(const char* v, unsigned b32, int off) {
 template <DType Dt>
 static inline void expand_t(const uint8_t* bits, const char* v, int D, float* out) {
   const int nb = D / 8;
-  const __m128i lut = _mm_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4), lo = _mm_set1_epi8(0x0f);
   alignas(32) uint16_t row[16];
   alignas(16) uint8_t off[16];
   int base = 0;
@@ -107,8 +107,7 @@ static inline void expand_t(const uint8_t* bits, const char* v, int D, float* ou
       std::memcpy(tmp, bits + i, nw);
       b = _mm_load_si128(reinterpret_cast<const __m128i*>(tmp));
     }
-    const __m128i cnt = _mm_add_epi8(_mm_shuffle_epi8(lut, _mm_and_si128(b, lo)),
-                                     _mm_shuffle_epi8(lut, _mm_and_si128(_mm_srli_epi16(b, 4), lo)));
+    const __m128i cnt = popcnt_epi8(b);
     __m128i incl = _mm_add_epi8(cnt, _mm_slli_si128(cnt, 1));
     incl = _mm_add_epi8(incl, _mm_slli_si128(incl, 2));
     incl = _mm_add_epi8(incl, _mm_slli_si128(incl, 4));
@@ -169,11 +168,10 @@ struct Avx2Ops : FP32Keys<Avx2Ops> {
       }
     }
   }
-  static inline void scores(const float* qf, int64_t R, const float* blk, int n, int D, float, float* s) {
+  static inline void scores(const float* qf, int64_t R, const float* blk, int, int D, float, float* s) {
     int64_t r = 0;
     for (; r + 4 <= R; r += 4) scores_tile<4>(qf + r * D, D, blk, s + r * kBlock);
     for (; r < R; ++r) scores_tile<1>(qf + r * D, D, blk, s + r * kBlock);
-    (void)n;
   }
   // RB rows x 16 channels: per token, 2 V loads and RB broadcasts of p feed 2 * RB FMAs.
   template <int RB>
@@ -205,33 +203,6 @@ struct Avx2Ops : FP32Keys<Avx2Ops> {
     int64_t r = 0;
     for (; r + 4 <= R; r += 4) accum_tile<4>(part + r * P, P, s + r * kBlock, blk, n, D);
     for (; r < R; ++r) accum_tile<1>(part + r * P, P, s + r * kBlock, blk, n, D);
-  }
-  static inline void accum(float* acc, const float* p, const float* blk, int n, int D) {
-    int c = 0;
-    for (; c + 32 <= D; c += 32) {
-      __m256 a0 = _mm256_loadu_ps(acc + c), a1 = _mm256_loadu_ps(acc + c + 8);
-      __m256 a2 = _mm256_loadu_ps(acc + c + 16), a3 = _mm256_loadu_ps(acc + c + 24);
-      for (int j = 0; j < n; ++j) {
-        const __m256 pj = _mm256_broadcast_ss(p + j);
-        const float* b = blk + j * D + c;
-        a0 = _mm256_fmadd_ps(pj, _mm256_loadu_ps(b), a0);
-        a1 = _mm256_fmadd_ps(pj, _mm256_loadu_ps(b + 8), a1);
-        a2 = _mm256_fmadd_ps(pj, _mm256_loadu_ps(b + 16), a2);
-        a3 = _mm256_fmadd_ps(pj, _mm256_loadu_ps(b + 24), a3);
-      }
-      _mm256_storeu_ps(acc + c, a0); _mm256_storeu_ps(acc + c + 8, a1);
-      _mm256_storeu_ps(acc + c + 16, a2); _mm256_storeu_ps(acc + c + 24, a3);
-    }
-    for (; c < D; c += 16) {
-      __m256 a0 = _mm256_loadu_ps(acc + c), a1 = _mm256_loadu_ps(acc + c + 8);
-      for (int j = 0; j < n; ++j) {
-        const __m256 pj = _mm256_broadcast_ss(p + j);
-        a0 = _mm256_fmadd_ps(pj, _mm256_loadu_ps(blk + j * D + c), a0);
-        a1 = _mm256_fmadd_ps(pj, _mm256_loadu_ps(blk + j * D + c + 8), a1);
-      }
-      _mm256_storeu_ps(acc + c, a0);
-      _mm256_storeu_ps(acc + c + 8, a1);
-    }
   }
   static inline void scal(float* acc, float alpha, int D) {
     const __m256 a = _mm256_set1_ps(alpha);

@@ -7,6 +7,7 @@
 // byte 0's popcount. Blocking, tails and the threading contract are in nm_x86_tile.h.
 #include <immintrin.h>
 
+#include "../common/avx2_popcnt.h"
 #include "../common/bf16_place.h"
 #include "nm.h"
 #include "nm_x86_tile.h"
@@ -118,15 +119,12 @@ struct Avx2Dec {
 // both halves; the control for the chunk's second byte starts c8 values in.
 // Every byte of p[0, nb) has exactly c bits set (nibble-table popcount, 32 bytes at a time).
 static inline bool bytes_have(const uint8_t* p, int64_t nb, int c) {
-  const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4, 0, 1, 1, 2, 1, 2, 2, 3, 1, 2,
-                                       2, 3, 2, 3, 3, 4);
-  const __m256i lo = _mm256_set1_epi8(0x0f), want = _mm256_set1_epi8(static_cast<char>(c));
+  const __m256i want = _mm256_set1_epi8(static_cast<char>(c));
   __m256i diff = _mm256_setzero_si256();
   int64_t i = 0;
   for (; i + 32 <= nb; i += 32) {
     const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + i));
-    const __m256i cnt = _mm256_add_epi8(_mm256_shuffle_epi8(lut, _mm256_and_si256(v, lo)),
-                                        _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16(v, 4), lo)));
+    const __m256i cnt = popcnt_epi8(v);
     diff = _mm256_or_si256(diff, _mm256_xor_si256(cnt, want));
   }
   bool ok = _mm256_testz_si256(diff, diff);
