@@ -1,6 +1,7 @@
 // CSR kernels of every available ISA vs a float64 reference: GEMV and tile paths, both index widths,
 // empty rows, odd shapes, strided outputs, and out-of-range column indices (flagged, never read).
 #include <cmath>
+#include <utility>
 #include <limits>
 
 #include "data.h"
@@ -102,6 +103,15 @@ void run_case(Harness& h, Isa isa, DType d, int64_t O, int64_t K, int64_t M, dou
       const int64_t rd = csr::decompress_rows(a, out.data(), K, 0, O);
       h.check(!expect || rd == victim, "csr decompress_rows %s idx=%d: bad column in row %lld reported as %lld",
               dtype_name(d), int(index), (long long)victim, (long long)rd);
+    }
+    // The same at the row's first entry, which long rows read in whole blocks of 16 (not the tail path).
+    const int64_t f = w.row_ptr[victim];
+    if (f != e) {
+      std::swap(w.c16[f], w.c16[e]);
+      std::swap(w.c32[f], w.c32[e]);
+      const int64_t rf = fn(a, 0, O);
+      h.check(!expect || rf == victim, "csr %s %s idx=%d M=%lld: bad first column in row %lld reported as %lld",
+              isa_name(isa), dtype_name(d), int(index), (long long)M, (long long)victim, (long long)rf);
     }
   }
 }

@@ -1,5 +1,5 @@
-// AVX2 CSR variant. GEMV: 8 column indices widened to int32 feed one vgatherdps from x; two
-// accumulators alternate so the gathers of consecutive blocks overlap. Tiles: 4 ymm of B's row per
+// AVX2 CSR variant. GEMV: 16 column indices are range-checked with one vector compare, then x is read with
+// scalar loads (load8); two accumulators alternate. A tail of fewer than 16 uses a masked vgatherdps. Tiles: 4 ymm of B's row per
 // entry, entries taken two at a time into separate accumulator sets (8 FMA chains hide FMA latency).
 #include <immintrin.h>
 
@@ -26,6 +26,35 @@ static inline float hsum(__m256 v) {
   return _mm_cvtss_f32(s);
 }
 
+// x[c[0..8)] from scalar loads: on Zen 3 eight scalar loads and inserts beat vgatherdps by ~20% (and Intel
+// CPUs with the Gather Data Sampling microcode fix run gathers far slower still). Indices must be checked first.
+template <class I>
+static inline __m256 load8(const float* x, const I* c) {
+  __m128 h[2];
+  for (int q = 0; q < 2; ++q) {
+    const I* cc = c + 4 * q;
+    __m128 t = _mm_load_ss(x + cc[0]);
+    t = _mm_insert_ps(t, _mm_load_ss(x + cc[1]), 0x10);
+    t = _mm_insert_ps(t, _mm_load_ss(x + cc[2]), 0x20);
+    h[q] = _mm_insert_ps(t, _mm_load_ss(x + cc[3]), 0x30);
+  }
+  return _mm256_set_m128(h[1], h[0]);
+}
+
+// Whether the 16 indices at c are all < K (unsigned): one vector compare before any of them is dereferenced.
+static inline bool in_range16(const uint16_t* c, uint32_t K) {
+  const __m256i i = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(c));
+  const __m256i kmax = _mm256_set1_epi16(static_cast<short>(K - 1));  // K <= 65536 for uint16 indices
+  return _mm256_movemask_epi8(_mm256_cmpeq_epi16(_mm256_min_epu16(i, kmax), i)) == -1;
+}
+static inline bool in_range16(const int32_t* c, uint32_t K) {
+  const __m256i kmax = _mm256_set1_epi32(static_cast<int>(K - 1));
+  const __m256i i0 = idx8(c), i1 = idx8(c + 8);
+  const __m256i in = _mm256_and_si256(_mm256_cmpeq_epi32(_mm256_min_epu32(i0, kmax), i0),
+                                      _mm256_cmpeq_epi32(_mm256_min_epu32(i1, kmax), i1));
+  return _mm256_movemask_epi8(in) == -1;
+}
+
 struct Avx2Ops {
   static constexpr int W = 8;
   static constexpr int kMaxNV = 4;
@@ -44,8 +73,12 @@ struct Avx2Ops {
     __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
     int64_t j = 0;
     for (; j + 16 <= n; j += 16) {
-      a0 = _mm256_fmadd_ps(val8(v + j), gather(x, idx8(c + j), kmax, &ok), a0);
-      a1 = _mm256_fmadd_ps(val8(v + j + 8), gather(x, idx8(c + j + 8), kmax, &ok), a1);
+      if (!in_range16(c + j, K)) {
+        *bad = true;
+        return 0.f;
+      }
+      a0 = _mm256_fmadd_ps(val8(v + j), load8(x, c + j), a0);
+      a1 = _mm256_fmadd_ps(val8(v + j + 8), load8(x, c + j + 8), a1);
     }
     if (j + 8 <= n) {
       a0 = _mm256_fmadd_ps(val8(v + j), gather(x, idx8(c + j), kmax, &ok), a0);
