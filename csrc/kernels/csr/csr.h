@@ -44,8 +44,8 @@ struct SpmmArgs {
 // Rows [o_begin, o_end) of y = A @ B (+ bias), fp32 accumulation, one rounding. N == 1 takes the
 // gather (GEMV) path; N > 1 the tile path that vectorises over B's columns (XNNPACK style: one
 // broadcast weight times a contiguous run of B's row). Callers parallelise over disjoint row ranges.
-// Column indices are range-checked as they are used (a masked gather / a compare beside the FMA, so
-// no separate pass over the indices): returns -1, or the first row holding an index >= K, whose
+// Column indices are range-checked as they are used (a vector compare per block of indices before their
+// loads, a masked gather, or a compare beside the FMA, so no separate pass over the indices): returns -1, or the first row holding an index >= K, whose
 // outputs are then unspecified; an out-of-range index is never dereferenced.
 using SpmmFn = int64_t (*)(const SpmmArgs&, int64_t o_begin, int64_t o_end);
 int64_t spmm_scalar(const SpmmArgs&, int64_t o_begin, int64_t o_end);
