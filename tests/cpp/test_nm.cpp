@@ -14,7 +14,8 @@ namespace {
 const int kPatterns[][2] = {{1, 2}, {1, 4}, {2, 4}, {3, 4}, {1, 8}, {2, 8}, {4, 8},
                             {6, 8}, {1, 16}, {8, 16}, {15, 16}};
 const DType kDtypes[] = {DType::f32, DType::bf16, DType::f16};
-const int64_t kMs[] = {1, 2, 3, 7, 16, 17, 33, 64, 130};  // >= 40 reaches the x86 sparse GEMM path
+// The x86 kept-only GEMM takes M >= 16 (AVX2; 48 = a 32-row and a 16-row panel) and M >= 40 (AVX-512).
+const int64_t kMs[] = {1, 2, 3, 7, 16, 17, 33, 48, 64, 130};
 
 // K: a multiple of m, never of 32 (and K % 8 != 0 for m <= 4, so the mask has padding bits).
 int64_t pick_k(int m, int variant) {

@@ -125,6 +125,7 @@ static inline float exp2_generic(float x) {
 
 // Generic pieces; ISA files derive and override what they vectorise.
 struct GenericOps {
+  static constexpr int kTile = kMaxBlock;  // query rows / keys per tile (run_tile): whole blocks
   // C[M x N] (+)= A[M x K] B[K x N]; A[i][k] at A[i * ars + k * aks]; B, C row-major; N % 16 == 0.
   // kdiag / ndiag: the causal limits gemm_rows may exploit (this reference computes everything).
   static void gemm(int64_t M, int64_t N, int64_t K, const float* A, int64_t ars, int64_t aks, const float* B,
@@ -173,12 +174,14 @@ static inline const char* elem_ptr(DType dt, const void* base, int64_t off) {
   return static_cast<const char*>(base) + off * (dt == DType::f32 ? 4 : 2);
 }
 
+// Query rows [q0, q0 + rows) of query block qb (a tile of at most Ops::kTile rows; the block's key blocks are
+// visited in pieces of at most Ops::kTile keys). Each tile is its own online softmax, so the tile size only
+// changes how the work is cut: ISAs whose caches favour smaller GEMM operands than the block size ask for it.
 template <class Ops>
-static void run_block(const Args& a, int64_t b, int64_t h, int64_t qb, float* scratch_raw) {
-  const int64_t D = a.D, Dp = round16(a.D), bq = a.block_q, bk = a.block_k;
+static void run_tile(const Args& a, int64_t b, int64_t h, int64_t qb, int64_t q0, int64_t rows, float* scratch_raw) {
+  const int64_t D = a.D, Dp = round16(a.D), bq = std::min<int64_t>(a.block_q, Ops::kTile), bk = a.block_k;
+  const int64_t tk = std::min<int64_t>(bk, Ops::kTile);
   const int64_t nKB = num_k_blocks(a);
-  const int64_t q0 = qb * bq, rows = std::min<int64_t>(bq, a.Lq - q0);
-  if (rows <= 0) return;
   const float ninf = -std::numeric_limits<float>::infinity();
   float* QT = align64(scratch_raw);
   float* acc = align64(QT + Dp * bq);
@@ -186,8 +189,8 @@ static void run_block(const Args& a, int64_t b, int64_t h, int64_t qb, float* sc
   float* lrow = align64(mrow + bq);
   float* alpha = align64(lrow + bq);
   float* Ks = align64(alpha + bq);
-  float* Vs = align64(Ks + bk * Dp);
-  float* ST = align64(Vs + bk * Dp);
+  float* Vs = align64(Ks + tk * Dp);
+  float* ST = align64(Vs + tk * Dp);
 
   const int64_t hk = h / (a.Hq / a.Hkv);
   const size_t es = a.dtype == DType::f32 ? 4 : 2;
@@ -207,8 +210,8 @@ static void run_block(const Args& a, int64_t b, int64_t h, int64_t qb, float* sc
   // Columns D..Dp of Ks / Vs stay zero (rows are rewritten only over [0, D)).
   const bool direct = a.dtype == DType::f32 && D == Dp;
   if (!direct) {
-    std::memset(Ks, 0, bk * Dp * sizeof(float));
-    std::memset(Vs, 0, bk * Dp * sizeof(float));
+    std::memset(Ks, 0, tk * Dp * sizeof(float));
+    std::memset(Vs, 0, tk * Dp * sizeof(float));
   }
 
   const char* kbase = elem_ptr(a.dtype, a.k, b * a.k_sb + hk * a.k_sh);
@@ -225,36 +228,39 @@ static void run_block(const Args& a, int64_t b, int64_t h, int64_t qb, float* sc
     for (int64_t t = 0; t < cnt; ++t) {
       const int64_t kb = idx[t];
       if (kb < 0 || kb >= nKB) continue;  // defensive; validate() reports these
-      const int64_t k0 = kb * bk, cols = std::min<int64_t>(bk, a.Lk - k0);
-      // First query row that sees a key of this block (causal: key k0 needs query >= k0), rounded down
-      // to 16 so the GEMM's N stays a multiple of 16 inside the block; rows before i0 get no keys.
-      const int64_t i0 = a.causal ? std::max<int64_t>(0, k0 - q0) : 0;
-      if (i0 >= rows) continue;
-      const int64_t i0a = i0 & ~int64_t(15), n = round16(rows - i0a), nvalid = rows - i0a;
-      const float *Kp = Ks, *Vp = Vs;
-      int64_t kld = Dp, vld = Dp;
-      if (direct) {  // fp32 with D % 16 == 0: the GEMMs read K and V in place
-        Kp = reinterpret_cast<const float*>(kbase) + k0 * a.k_sl; kld = a.k_sl;
-        Vp = reinterpret_cast<const float*>(vbase) + k0 * a.v_sl; vld = a.v_sl;
-      } else {
-        for (int64_t j = 0; j < cols; ++j) {
-          Ops::load(a.dtype, kbase + (k0 + j) * a.k_sl * es, D, Ks + j * Dp);
-          Ops::load(a.dtype, vbase + (k0 + j) * a.v_sl * es, D, Vs + j * Dp);
+      const int64_t kend = std::min<int64_t>((kb + 1) * bk, a.Lk);
+      for (int64_t k0 = kb * bk; k0 < kend; k0 += tk) {
+        const int64_t cols = std::min<int64_t>(tk, kend - k0);
+        // First query row that sees a key of this block (causal: key k0 needs query >= k0), rounded down
+        // to 16 so the GEMM's N stays a multiple of 16 inside the block; rows before i0 get no keys.
+        const int64_t i0 = a.causal ? std::max<int64_t>(0, k0 - q0) : 0;
+        if (i0 >= rows) continue;
+        const int64_t i0a = i0 & ~int64_t(15), n = round16(rows - i0a), nvalid = rows - i0a;
+        const float *Kp = Ks, *Vp = Vs;
+        int64_t kld = Dp, vld = Dp;
+        if (direct) {  // fp32 with D % 16 == 0: the GEMMs read K and V in place
+          Kp = reinterpret_cast<const float*>(kbase) + k0 * a.k_sl; kld = a.k_sl;
+          Vp = reinterpret_cast<const float*>(vbase) + k0 * a.v_sl; vld = a.v_sl;
+        } else {
+          for (int64_t j = 0; j < cols; ++j) {
+            Ops::load(a.dtype, kbase + (k0 + j) * a.k_sl * es, D, Ks + j * Dp);
+            Ops::load(a.dtype, vbase + (k0 + j) * a.v_sl * es, D, Vs + j * Dp);
+          }
         }
+        // diag: query column i (from i0a) sees keys j <= i + diag. Blocks on the causal diagonal skip the
+        // invisible triangle in both GEMMs.
+        const int64_t diag = q0 + i0a - k0;
+        const bool tri = a.causal && diag < cols - 1;
+        Ops::gemm(cols, n, Dp, Kp, kld, 1, QT + i0a, bq, ST + i0a, bq, false, kNoDiag, tri ? diag : kNoDiag);
+        Ops::softmax(ST + i0a, bq, cols, n, diag, a.causal, nvalid, mrow + i0a, lrow + i0a, alpha + i0a);
+        for (int64_t i = i0a; i < rows; ++i) {
+          const float al = alpha[i];
+          if (al == 1.0f) continue;
+          float* o = acc + i * Dp;
+          for (int64_t d = 0; d < Dp; ++d) o[d] *= al;
+        }
+        Ops::gemm(nvalid, Dp, cols, ST + i0a, 1, bq, Vp, vld, acc + i0a * Dp, Dp, true, tri ? diag : kNoDiag, kNoDiag);
       }
-      // diag: query column i (from i0a) sees keys j <= i + diag. Blocks on the causal diagonal skip the
-      // invisible triangle in both GEMMs.
-      const int64_t diag = q0 + i0a - k0;
-      const bool tri = a.causal && diag < cols - 1;
-      Ops::gemm(cols, n, Dp, Kp, kld, 1, QT + i0a, bq, ST + i0a, bq, false, kNoDiag, tri ? diag : kNoDiag);
-      Ops::softmax(ST + i0a, bq, cols, n, diag, a.causal, nvalid, mrow + i0a, lrow + i0a, alpha + i0a);
-      for (int64_t i = i0a; i < rows; ++i) {
-        const float al = alpha[i];
-        if (al == 1.0f) continue;
-        float* o = acc + i * Dp;
-        for (int64_t d = 0; d < Dp; ++d) o[d] *= al;
-      }
-      Ops::gemm(nvalid, Dp, cols, ST + i0a, 1, bq, Vp, vld, acc + i0a * Dp, Dp, true, tri ? diag : kNoDiag, kNoDiag);
     }
   }
 
@@ -272,6 +278,13 @@ static void run_block(const Args& a, int64_t b, int64_t h, int64_t qb, float* sc
     }
     if (a.lse) a.lse[(b * a.Hq + h) * a.Lq + q0 + i] = l > 0.0f ? mrow[i] * kLn2 + std::log(l) : ninf;
   }
+}
+
+template <class Ops>
+static void run_block(const Args& a, int64_t b, int64_t h, int64_t qb, float* scratch) {
+  const int64_t first = qb * a.block_q, last = std::min<int64_t>(first + a.block_q, a.Lq);
+  for (int64_t q0 = first; q0 < last; q0 += Ops::kTile)
+    run_tile<Ops>(a, b, h, qb, q0, std::min<int64_t>(Ops::kTile, last - q0), scratch);
 }
 
 }  // namespace

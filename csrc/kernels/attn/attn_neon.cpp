@@ -64,6 +64,8 @@ struct Micro {
 };
 
 struct NeonOps {
+  // whole blocks (not tuned)
+  static constexpr int kTile = kMaxBlock;
   static void gemm(int64_t M, int64_t N, int64_t K, const float* A, int64_t ars, int64_t aks, const float* B,
                    int64_t ldb, float* C, int64_t ldc, bool acc, int64_t kdiag, int64_t ndiag) {
     gemm_rows<Micro>(M, N, K, A, ars, aks, B, ldb, C, ldc, acc, kdiag, ndiag);

@@ -49,7 +49,8 @@ static inline __m256 place(const Tables& t, __m256 v, unsigned byte) {
 struct Avx2Dec {
   static constexpr int W = 8;
   static constexpr int small_max = 2;  // x rows the register-only path takes
-  static int constexpr sparse_min_m = 48;  // from here on, kept-only multiplies (n/m <= 1/2)
+  static int constexpr sparse_min_m = 16;  // from here on, kept-only multiplies (n/m <= 1/2)
+  static constexpr bool sparse_nv2 = true;  // 16-row panels kept-only too (nm_x86_tile.h run_sparse)
   static constexpr int RM = 2;  // 4 x 2 accumulators + 4 weights + 1 x of the 16 ymm registers
   typedef float V __attribute__((vector_size(32)));
   struct Chunk { V v[2]; };

@@ -18,6 +18,7 @@ struct Avx512Dec {
   static constexpr int W = 16;
   static constexpr int small_max = 4;  // x rows the register-only path takes
   static int constexpr sparse_min_m = 40;  // from here on, kept-only multiplies (n/m <= 1/2)
+  static constexpr bool sparse_nv2 = false;  // 17..32-row remainders stay on the expanding path
   static constexpr int RM = 6;  // 4 x 6 accumulators + 4 weights + 1 x of the 32 zmm registers
   typedef float V __attribute__((vector_size(64)));
   struct Chunk { V v[1]; };
