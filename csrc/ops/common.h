@@ -43,7 +43,9 @@ template <class Decode>
 int64_t dense_tile_gemm(const at::Tensor& x2, const at::Tensor& bias, const at::Tensor& proto, int64_t O, int64_t K,
                         at::Tensor& y, Decode decode) {
   const int64_t es = proto.element_size();
-  const int64_t TB = std::max<int64_t>(64, kDenseTileBytes / (K * es));
+  // Rows per tile: a multiple of 64, at least 128 (MKL's sgemm ran ~15% slower on 190 rows than on 192, and
+  // ~45% slower on 64 rows, at K = 11008 on Zen 3).
+  const int64_t TB = std::max<int64_t>(128, (kDenseTileBytes / (K * es) + 32) / 64 * 64);
   at::Tensor tile = at::empty({std::min(TB, O), K}, proto.options());
   std::atomic<int64_t> bad{-1};
   for (int64_t o0 = 0; o0 < O; o0 += TB) {
@@ -57,7 +59,9 @@ int64_t dense_tile_gemm(const at::Tensor& x2, const at::Tensor& bias, const at::
     });
     if (bad.load() >= 0) return bad.load();
     at::Tensor w = tile.narrow(0, 0, rows);
-    y.narrow(1, o0, rows).copy_(bias.defined() ? at::addmm(bias.narrow(0, o0, rows), x2, w.t()) : at::mm(x2, w.t()));
+    at::Tensor out = y.narrow(1, o0, rows);  // written in place: the GEMM takes the row stride O
+    if (bias.defined()) at::addmm_out(out, bias.narrow(0, o0, rows), x2, w.t());
+    else at::mm_out(out, x2, w.t());
   }
   return -1;
 }
