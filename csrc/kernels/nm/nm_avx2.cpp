@@ -113,11 +113,34 @@ struct Avx2Dec {
   }
 };
 
-// ---- bf16 GEMV (M == 1) for patterns with at most 4 kept values per mask byte ---------------------------
-// One vpshufb per 8 columns places and widens a mask byte's kept values (common/bf16_place.h) instead of
-// load-widen-permute-blend, which made the generic decoder compute bound at ~0.3 cycles per column (bf16
-// 2:4 ran at dense speed). A 16-column chunk's run (2*c8 <= 8 values) is one 16-byte load broadcast to
-// both halves; the control for the chunk's second byte starts c8 values in.
+// ---- fp32 / bf16 GEMV (M == 1) for patterns with at most 4 kept values per mask byte -------------------
+// One vpshufb per 8 columns places a mask byte's kept values (bf16: and widens them, common/bf16_place.h)
+// instead of load-(widen)-permute-blend, which made the generic decoder compute bound at ~0.3 cycles per
+// column (bf16 2:4 ran at dense speed; fp32 1:4 streamed at ~46% of the read bandwidth). A mask byte's
+// values are read with a 16-byte load broadcast to both halves: bf16 (2*c8 <= 8 values) and fp32 with
+// c8 <= 2 need one load per 16-column chunk, the second byte's control starting c8 values in; fp32 with
+// c8 = 3 or 4 loads each byte's values on its own.
+
+// vpshufb controls for fp32: mask byte b, column j (half j / 4, slot j % 4) takes value number
+// off + (set bits of b below j), or zero if pruned. off <= 2 (the fp32 offsets used above).
+struct F32Place {
+  alignas(32) uint8_t t[3][256][32];
+  F32Place() {
+    for (int off = 0; off < 3; ++off)
+      for (int b = 0; b < 256; ++b)
+        for (int j = 0, r = 0; j < 8; ++j) {
+          const bool kept = (b >> j) & 1;
+          // Wraps only for bytes holding more values than the source has room for, which the row check
+          // rejects first; a wrapped index still reads inside the source.
+          const int src = 4 * (r + off) & 15;
+          for (int i = 0; i < 4; ++i) t[off][b][4 * j + i] = kept ? static_cast<uint8_t>(src + i) : 0x80;
+          r += kept;
+        }
+  }
+};
+const F32Place kF32Place;  // namespace scope: no init guard in the GEMV
+const Bf16Place& kPlace = bf16_place();
+
 // Every byte of p[0, nb) has exactly c bits set (nibble-table popcount, 32 bytes at a time).
 static inline bool bytes_have(const uint8_t* p, int64_t nb, int c) {
   const __m256i want = _mm256_set1_epi8(static_cast<char>(c));
@@ -133,22 +156,47 @@ static inline bool bytes_have(const uint8_t* p, int64_t nb, int c) {
   return ok;
 }
 
-// Rows o and o + R - 1 (R = 1 or 2: a pair shares each load of x, a quarter of the 256-bit loads).
-template <int R>
-static inline int64_t m1_bf16_rows(const LinearArgs& a, const x86::Geo& g, const Avx2Dec::Slice& sl, const float* x,
-                                   int64_t nfast, int64_t o) {
+// Where a row's chunk c reads its values: loads at c * vstep and c * vstep + v1off (v1off = 0: one load),
+// placed by controls t0[b0] and t1[b1]. nfast: the chunks whose loads stay inside the row's values.
+struct M1Plan {
+  const uint8_t (*t0)[32];
+  const uint8_t (*t1)[32];
+  int64_t vstep, v1off, nfast;
+  M1Plan(DType d, const x86::Geo& g) {
+    const int c8 = 8 / g.m * g.n;
+    const int64_t es = d == DType::f32 ? 4 : 2;
+    vstep = g.cnt * es;
+    if (d == DType::f32) {
+      t0 = kF32Place.t[0];
+      t1 = c8 <= 2 ? kF32Place.t[c8] : kF32Place.t[0];
+      v1off = c8 <= 2 ? 0 : c8 * 4;
+    } else {
+      t0 = kPlace.t[0];
+      t1 = kPlace.t[c8];
+      v1off = 0;
+    }
+    const int64_t last = g.kept * es - v1off - 16;  // the last chunk start whose loads fit
+    nfast = last >= 0 ? std::min<int64_t>(g.nfull, last / vstep + 1) : 0;
+  }
+};
+
+// Rows o and o + R - 1 (R = 1 or 2: a pair shares each load of x, a quarter of the 256-bit loads). TWO: two
+// value loads per chunk (pl.v1off != 0), a template argument so the one-load loop carries no test.
+template <DType D, int R, bool TWO>
+__attribute__((noinline)) static int64_t m1_rows(const LinearArgs& a, const x86::Geo& g, const Avx2Dec::Slice& sl, const M1Plan& pl,
+                              const float* x, int64_t o) {
   const int c8 = 8 / g.m * g.n;
-  const Bf16Place& sh = bf16_place();
-  const uint8_t(*t0)[32] = sh.t[0];
-  const uint8_t(*t1)[32] = sh.t[c8];
-  const int64_t vstep = static_cast<int64_t>(g.cnt) * 2;  // bytes of values per chunk
+  const int64_t es = D == DType::f32 ? 4 : 2;
   const uint8_t* mr[R];
   const char* vr[R];
   for (int r = 0; r < R; ++r) {
     mr[r] = a.mask + (o + r) * g.rb;
-    vr[r] = static_cast<const char*>(a.values) + (o + r) * g.kept * 2;
-    if (!bytes_have(mr[r], 2 * nfast, c8)) return o + r;
+    vr[r] = static_cast<const char*>(a.values) + (o + r) * g.kept * es;
+    if (!bytes_have(mr[r], 2 * pl.nfast, c8)) return o + r;
   }
+  const uint8_t(*t0)[32] = pl.t0;
+  const uint8_t(*t1)[32] = pl.t1;
+  const int64_t vstep = pl.vstep, v1off = pl.v1off, nfast = pl.nfast;
   __m256 acc[R][4];  // two chains per row and half chunk: FMA latency
   for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = acc[r][2] = acc[r][3] = _mm256_setzero_ps();
   auto chunk = [&](int64_t c, const uint64_t* bits, int sh8, int e) __attribute__((always_inline)) {
@@ -156,13 +204,15 @@ static inline int64_t m1_bf16_rows(const LinearArgs& a, const x86::Geo& g, const
     if (R > 1) __asm__("" : "+x"(x0), "+x"(x1));  // one load for both rows, not one folded into each FMA
 #pragma GCC unroll 2
     for (int r = 0; r < R; ++r) {
-      const __m256i v =
-          _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(vr[r] + c * vstep)));
+      const char* vp = vr[r] + c * vstep;
+      const __m256i v0 = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(vp)));
+      const __m256i v1 =
+          TWO ? _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(vp + v1off))) : v0;
       const unsigned b0 = (bits[r] >> sh8) & 0xff, b1 = (bits[r] >> (sh8 + 8)) & 0xff;
       const __m256 w0 = _mm256_castsi256_ps(
-          _mm256_shuffle_epi8(v, _mm256_load_si256(reinterpret_cast<const __m256i*>(t0[b0]))));
+          _mm256_shuffle_epi8(v0, _mm256_load_si256(reinterpret_cast<const __m256i*>(t0[b0]))));
       const __m256 w1 = _mm256_castsi256_ps(
-          _mm256_shuffle_epi8(v, _mm256_load_si256(reinterpret_cast<const __m256i*>(t1[b1]))));
+          _mm256_shuffle_epi8(v1, _mm256_load_si256(reinterpret_cast<const __m256i*>(t1[b1]))));
       acc[r][e] = _mm256_fmadd_ps(w0, x0, acc[r][e]);
       acc[r][e + 1] = _mm256_fmadd_ps(w1, x1, acc[r][e + 1]);
     }
@@ -172,6 +222,7 @@ static inline int64_t m1_bf16_rows(const LinearArgs& a, const x86::Geo& g, const
     uint64_t bits[R];
     for (int r = 0; r < R; ++r) {
       __builtin_prefetch(vr[r] + c * vstep + 16384);  // far ahead: one core's DRAM latency x bandwidth
+      if (D == DType::f32) __builtin_prefetch(vr[r] + c * vstep + 16384 + 64);  // 128 bytes per 4 chunks
       std::memcpy(&bits[r], mr[r] + 2 * c, 8);
     }
     chunk(c, bits, 0, 0);
@@ -188,13 +239,13 @@ static inline int64_t m1_bf16_rows(const LinearArgs& a, const x86::Geo& g, const
   for (int r = 0; r < R; ++r) {
     for (int64_t k = c; k < g.nfull; ++k) {
       Avx2Dec::Chunk w;
-      bad |= Avx2Dec::decode<DType::bf16>(sl, vr[r], mr[r], k, w.v);
+      bad |= Avx2Dec::decode<D>(sl, vr[r], mr[r], k, w.v);
       acc[r][0] = _mm256_fmadd_ps((__m256)w.v[0], _mm256_load_ps(x + k * 16), acc[r][0]);
       acc[r][1] = _mm256_fmadd_ps((__m256)w.v[1], _mm256_load_ps(x + k * 16 + 8), acc[r][1]);
     }
     if (g.tw) {
       alignas(32) float t[16];
-      bad |= !x86::decode_tail(DType::bf16, g, a.values, a.mask, o + r, t);
+      bad |= !x86::decode_tail(D, g, a.values, a.mask, o + r, t);
       acc[r][0] = _mm256_fmadd_ps(_mm256_load_ps(t), _mm256_load_ps(x + g.nfull * 16), acc[r][0]);
       acc[r][1] = _mm256_fmadd_ps(_mm256_load_ps(t + 8), _mm256_load_ps(x + g.nfull * 16 + 8), acc[r][1]);
     }
@@ -203,34 +254,40 @@ static inline int64_t m1_bf16_rows(const LinearArgs& a, const x86::Geo& g, const
   for (int r = 0; r < R; ++r) {
     const __m256 t = _mm256_add_ps(_mm256_add_ps(acc[r][0], acc[r][1]), _mm256_add_ps(acc[r][2], acc[r][3]));
     float s = x86::hsum<Avx2Dec>((Avx2Dec::V)t);
-    if (a.bias) s += bf16_to_f32(static_cast<const uint16_t*>(a.bias)[o + r]);
-    static_cast<uint16_t*>(a.y)[o + r] = f32_to_bf16(s);
+    if (a.bias) s += x86::elem_to_f32(D, a.bias, o + r);
+    x86::store_out(D, a.y, o + r, s);
   }
   return -1;
 }
 
-static int64_t m1_bf16(const LinearArgs& a, int64_t o_begin, int64_t o_end) {
+template <DType D>
+static int64_t m1_place(const LinearArgs& a, int64_t o_begin, int64_t o_end) {
   const x86::Geo g(a);
   // x as fp32 on a 64-byte boundary: 32-byte loads that straddle cache lines cost two loads, and loads are
   // this loop's bottleneck (Zen 3 does two 256-bit loads per cycle).
   std::vector<float> xv(static_cast<size_t>(g.Kp) + 16, 0.0f);
   float* x = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(xv.data()) + 63) & ~uintptr_t(63));
-  Avx2Dec::cvt_row(DType::bf16, static_cast<const uint16_t*>(a.x), x, a.K);
+  if (D == DType::f32) std::memcpy(x, a.x, a.K * sizeof(float));
+  else Avx2Dec::cvt_row(D, static_cast<const uint16_t*>(a.x), x, a.K);
   const Avx2Dec::Slice sl(g);
-  // Chunks whose 16-byte load stays inside the row's values; the rest take the generic decoder.
-  const int64_t nfast = g.kept >= 8 ? std::min<int64_t>(g.nfull, (g.kept - 8) / g.cnt + 1) : 0;
-  int64_t o = o_begin;
-  for (; o + 2 <= o_end; o += 2)
-    if (const int64_t bad = m1_bf16_rows<2>(a, g, sl, x, nfast, o); bad >= 0) return bad;
-  if (o < o_end) return m1_bf16_rows<1>(a, g, sl, x, nfast, o);
-  return -1;
+  const M1Plan pl(D, g);
+  auto rows = [&](auto two) {
+    constexpr bool TWO = decltype(two)::value;
+    int64_t o = o_begin;
+    for (; o + 2 <= o_end; o += 2)
+      if (const int64_t bad = m1_rows<D, 2, TWO>(a, g, sl, pl, x, o); bad >= 0) return bad;
+    if (o < o_end) return m1_rows<D, 1, TWO>(a, g, sl, pl, x, o);
+    return int64_t(-1);
+  };
+  if (D == DType::f32 && pl.v1off) return rows(std::true_type{});
+  return rows(std::false_type{});
 }
 
 }  // namespace
 
 int64_t linear_avx2(const LinearArgs& a, int64_t o_begin, int64_t o_end) {
-  if (a.M == 1 && a.dtype == DType::bf16 && a.m <= 8 && 2 * a.n <= a.m && o_begin < o_end && a.K >= 16)
-    return m1_bf16(a, o_begin, o_end);
+  if (a.M == 1 && a.dtype != DType::f16 && a.m <= 8 && 2 * a.n <= a.m && o_begin < o_end && a.K >= 16)
+    return a.dtype == DType::f32 ? m1_place<DType::f32>(a, o_begin, o_end) : m1_place<DType::bf16>(a, o_begin, o_end);
   return x86::run<Avx2Dec>(a, o_begin, o_end);
 }
 
