@@ -71,6 +71,15 @@ def test_a_shape_attention_matches_sdpa():
 
 
 # ---- topk_blocks ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_pool_of_16bit_input_in_head_slices_is_exact(dtype):
+    from sparseops.attention.masks import _pool
+    x = torch.randn(1, 5, 16384 + 40, 128, generator=torch.Generator().manual_seed(3)).to(dtype)  # > 1 slice
+    want = torch.cat([x[:, :, :16384].reshape(1, 5, 256, 64, 128).sum(3, dtype=torch.float32) / 64,
+                      x[:, :, 16384:].sum(2, keepdim=True, dtype=torch.float32) / 40], dim=2)
+    assert torch.equal(_pool(x, 64), want)
+
+
 def _pooled_scores(q, k, bq, bk):
     def pool(x, b):
         n = math.ceil(x.shape[2] / b)
