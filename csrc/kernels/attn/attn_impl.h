@@ -233,8 +233,8 @@ static void run_tile(const Args& a, int64_t b, int64_t h, int64_t qb, int64_t q0
     const int64_t cap = list == 0 ? a.cap : a.full_cap;
     const int32_t* idx = list == 0 ? a.kv_idx + b * a.i_sb + h * a.i_sh + qb * a.i_sq
                                    : a.full_idx + b * a.fi_sb + h * a.fi_sh + qb * a.fi_sq;
-    const int64_t cnt = std::min<int64_t>(
-        cap, std::max<int64_t>(0, list == 0 ? nump[b * a.n_sb + h * a.n_sh + qb] : nump[b * a.fn_sb + h * a.fn_sh + qb]));
+    const int64_t listed = list == 0 ? nump[b * a.n_sb + h * a.n_sh + qb] : nump[b * a.fn_sb + h * a.fn_sh + qb];
+    const int64_t cnt = std::min<int64_t>(cap, std::max<int64_t>(0, listed));
     for (int64_t t = 0; t < cnt; ++t) {
       const int64_t kb = idx[t];
       if (kb < 0 || kb >= nKB) continue;  // defensive; validate() reports these

@@ -116,7 +116,7 @@ struct Avx2Dec {
 // ---- fp32 / bf16 GEMV (M == 1) for patterns with at most 4 kept values per mask byte -------------------
 // One vpshufb per 8 columns places a mask byte's kept values (bf16: and widens them, common/bf16_place.h)
 // instead of load-(widen)-permute-blend, which made the generic decoder compute bound at ~0.3 cycles per
-// column (bf16 2:4 ran at dense speed; fp32 1:4 streamed at ~46% of the read bandwidth). A mask byte's
+// column (bf16 2:4 ran at dense speed; fp32 1:4 streamed at 42-48% of the read bandwidth). A mask byte's
 // values are read with a 16-byte load broadcast to both halves: bf16 (2*c8 <= 8 values) and fp32 with
 // c8 <= 2 need one load per 16-column chunk, the second byte's control starting c8 values in; fp32 with
 // c8 = 3 or 4 loads each byte's values on its own.
@@ -181,10 +181,11 @@ struct M1Plan {
 };
 
 // Rows o and o + R - 1 (R = 1 or 2: a pair shares each load of x, a quarter of the 256-bit loads). TWO: two
-// value loads per chunk (pl.v1off != 0), a template argument so the one-load loop carries no test.
+// value loads per chunk (pl.v1off != 0), a template argument so the one-load loop carries no test. Not
+// inlined: inlined into its caller, GCC spilled the accumulators (bf16 1:4 ran ~15% slower).
 template <DType D, int R, bool TWO>
-__attribute__((noinline)) static int64_t m1_rows(const LinearArgs& a, const x86::Geo& g, const Avx2Dec::Slice& sl, const M1Plan& pl,
-                              const float* x, int64_t o) {
+__attribute__((noinline)) static int64_t m1_rows(const LinearArgs& a, const x86::Geo& g, const Avx2Dec::Slice& sl,
+                                                 const M1Plan& pl, const float* x, int64_t o) {
   const int c8 = 8 / g.m * g.n;
   const int64_t es = D == DType::f32 ? 4 : 2;
   const uint8_t* mr[R];
