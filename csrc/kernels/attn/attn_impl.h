@@ -227,6 +227,7 @@ static void run_tile(const Args& a, int64_t b, int64_t h, int64_t qb, int64_t q0
       }
   };
 
+  auto in_range = [&](int64_t kb) { return kb >= 0 && kb < nKB; };
   for (int list = 0; list < 2; ++list) {
     const int32_t* nump = list == 0 ? a.kv_num : a.full_num;
     if (!nump) continue;
@@ -237,7 +238,7 @@ static void run_tile(const Args& a, int64_t b, int64_t h, int64_t qb, int64_t q0
     const int64_t cnt = std::min<int64_t>(cap, std::max<int64_t>(0, listed));
     for (int64_t t = 0; t < cnt; ++t) {
       const int64_t kb = idx[t];
-      if (kb < 0 || kb >= nKB) continue;  // defensive; validate() reports these
+      if (!in_range(kb)) continue;  // defensive; validate() reports these
       const int64_t kend = std::min<int64_t>((kb + 1) * bk, a.Lk);
       for (int64_t k0 = kb * bk; k0 < kend; k0 += tk) {
         const int64_t cols = std::min<int64_t>(tk, kend - k0);
@@ -246,7 +247,7 @@ static void run_tile(const Args& a, int64_t b, int64_t h, int64_t qb, int64_t q0
           if (nk0 >= kend) {
             nk0 = -1;
             for (int64_t u = t + 1; u < cnt; ++u)
-              if (idx[u] >= 0 && idx[u] < nKB) { nk0 = idx[u] * bk; break; }
+              if (in_range(idx[u])) { nk0 = idx[u] * bk; break; }
           }
           if (nk0 >= 0) prefetch_rows(nk0, std::min<int64_t>(tk, a.Lk - nk0));
         }

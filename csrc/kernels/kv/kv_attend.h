@@ -77,7 +77,7 @@ void attend_partial(const AttnArgs& a, int64_t b, int64_t h, int64_t t0, int64_t
   const char* kt = a.Tw ? static_cast<const char*>(a.k_tail) + bh * a.Tw * D * es : nullptr;
   const char* vt = a.Tw ? static_cast<const char*>(a.v_tail) + bh * a.Tw * D * es : nullptr;
 
-  // SIMD expanders may load (and ignore) up to 8 values past a record, which is inside the buffer for every
+  // SIMD expanders may load (and ignore) up to 7 values past a record, which is inside the buffer for every
   // record but the storage's very last one: that one is read from a padded copy.
   const bool last_head = bh == a.B * a.Hkv - 1;
   alignas(64) char pad[(kPadD + 16) * 4];

@@ -7,7 +7,7 @@
 #include <cstring>
 
 #include "../common/avx2_popcnt.h"
-#include "../common/bf16_place.h"
+#include "../common/shuffle_place.h"
 #include "kv_attend.h"
 #include "kv_select.h"
 

@@ -8,7 +8,7 @@
 #include <immintrin.h>
 
 #include "../common/avx2_popcnt.h"
-#include "../common/bf16_place.h"
+#include "../common/shuffle_place.h"
 #include "nm.h"
 #include "nm_x86_tile.h"
 
@@ -114,31 +114,14 @@ struct Avx2Dec {
 };
 
 // ---- fp32 / bf16 GEMV (M == 1) for patterns with at most 4 kept values per mask byte -------------------
-// One vpshufb per 8 columns places a mask byte's kept values (bf16: and widens them, common/bf16_place.h)
+// One vpshufb per 8 columns places a mask byte's kept values (bf16: and widens them; common/shuffle_place.h)
 // instead of load-(widen)-permute-blend, which made the generic decoder compute bound at ~0.3 cycles per
 // column (bf16 2:4 ran at dense speed; fp32 1:4 streamed at 42-48% of the read bandwidth). A mask byte's
 // values are read with a 16-byte load broadcast to both halves: bf16 (2*c8 <= 8 values) and fp32 with
 // c8 <= 2 need one load per 16-column chunk, the second byte's control starting c8 values in; fp32 with
 // c8 = 3 or 4 loads each byte's values on its own.
 
-// vpshufb controls for fp32: mask byte b, column j (half j / 4, slot j % 4) takes value number
-// off + (set bits of b below j), or zero if pruned. off <= 2 (the fp32 offsets used above).
-struct F32Place {
-  alignas(32) uint8_t t[3][256][32];
-  F32Place() {
-    for (int off = 0; off < 3; ++off)
-      for (int b = 0; b < 256; ++b)
-        for (int j = 0, r = 0; j < 8; ++j) {
-          const bool kept = (b >> j) & 1;
-          // Wraps only for bytes holding more values than the source has room for, which the row check
-          // rejects first; a wrapped index still reads inside the source.
-          const int src = 4 * (r + off) & 15;
-          for (int i = 0; i < 4; ++i) t[off][b][4 * j + i] = kept ? static_cast<uint8_t>(src + i) : 0x80;
-          r += kept;
-        }
-  }
-};
-const F32Place kF32Place;  // namespace scope: no init guard in the GEMV
+const F32Place& kF32Place = f32_place();  // bound at load time: no init guard in the GEMV
 const Bf16Place& kPlace = bf16_place();
 
 // Every byte of p[0, nb) has exactly c bits set (nibble-table popcount, 32 bytes at a time).
