@@ -27,22 +27,41 @@ static inline void store(float* p, float v) { *p = v; }
 static inline void store(Bf16* p, float v) { p->u = f32_to_bf16(v); }
 static inline void store(F16* p, float v) { p->u = f32_to_f16(v); }
 
+// Rows [o0, o1) times columns [j0, j0 + NV*W) of B, in groups of rows whose sums wait in a buffer so that y
+// is written in runs: linear's y is [N, O], where one row's outputs are N far-apart floats (N lines that
+// share one L1 set when O * 4 is a multiple of 4 KiB, so the stores kept missing L1).
 template <class Ops, class V, class I, int NV>
 static inline int64_t tile_rows(const SpmmArgs& a, int64_t o0, int64_t o1, int64_t j0) {
+  constexpr int T = NV * Ops::W;
+  constexpr int64_t kGroup = 64;
   const V* vals = static_cast<const V*>(a.values);
   const I* cols = static_cast<const I*>(a.cols);
   const V* bias = static_cast<const V*>(a.bias);
   V* y = static_cast<V*>(a.y);
-  const int64_t width = std::min<int64_t>(NV * Ops::W, a.N - j0);
-  alignas(64) float out[NV * Ops::W];
-  for (int64_t o = o0; o < o1; ++o) {
-    const int64_t s = a.row_ptr[o], n = a.row_ptr[o + 1] - s;
-    bool bad = false;
-    Ops::template tile<NV>(vals + s, cols + s, n, a.b + j0, a.ldb, static_cast<uint32_t>(a.K), out, &bad);
-    if (bad) return o;
-    const float bv = bias ? to_f32(bias[o]) : 0.0f;
-    V* yo = y + o * a.so + j0 * a.sj;
-    for (int64_t t = 0; t < width; ++t) store(yo + t * a.sj, out[t] + bv);
+  const int64_t width = std::min<int64_t>(T, a.N - j0);
+  alignas(64) float acc[kGroup * T];
+  for (int64_t g0 = o0; g0 < o1; g0 += kGroup) {
+    const int64_t g1 = std::min(o1, g0 + kGroup);
+    for (int64_t o = g0; o < g1; ++o) {
+      const int64_t s = a.row_ptr[o], n = a.row_ptr[o + 1] - s;
+      bool bad = false;
+      Ops::template tile<NV>(vals + s, cols + s, n, a.b + j0, a.ldb, static_cast<uint32_t>(a.K), acc + (o - g0) * T,
+                             &bad);
+      if (bad) return o;
+      if (bias) {
+        const float bv = to_f32(bias[o]);
+        for (int t = 0; t < T; ++t) acc[(o - g0) * T + t] += bv;
+      }
+    }
+    if (a.sj == 1) {  // spmm: each row's outputs are contiguous
+      for (int64_t o = g0; o < g1; ++o)
+        for (int64_t t = 0; t < width; ++t) store(y + o * a.so + j0 + t, acc[(o - g0) * T + t]);
+    } else {
+      for (int64_t t = 0; t < width; ++t) {
+        V* yt = y + (j0 + t) * a.sj;
+        for (int64_t o = g0; o < g1; ++o) store(yt + o * a.so, acc[(o - g0) * T + t]);
+      }
+    }
   }
   return -1;
 }
