@@ -1,5 +1,5 @@
 // AVX2 CSR variant. GEMV: 16 column indices are range-checked with one vector compare, then x is read with
-// scalar loads (load8); two accumulators alternate. A tail of fewer than 16 uses a masked vgatherdps. Tiles: 4 ymm of B's row per
+// scalar loads (load8); two accumulators alternate; a tail of fewer than 16 goes 8 lanes at a time. Tiles: 4 ymm of B's row per
 // entry, entries taken two at a time into separate accumulator sets (8 FMA chains hide FMA latency).
 #include <immintrin.h>
 
@@ -59,17 +59,8 @@ struct Avx2Ops {
   static constexpr int W = 8;
   static constexpr int kMaxNV = 4;
 
-  // Lanes whose index is >= K (unsigned) are masked out of the gather and flagged.
-  static inline __m256 gather(const float* x, __m256i idx, __m256i kmax, __m256i* ok) {
-    const __m256i in = _mm256_cmpeq_epi32(_mm256_min_epu32(idx, kmax), idx);
-    *ok = _mm256_and_si256(*ok, in);
-    return _mm256_mask_i32gather_ps(_mm256_setzero_ps(), x, idx, _mm256_castsi256_ps(in), 4);
-  }
-
   template <class V, class I>
-  static float dot(const V* v, const I* c, int64_t n, const float* x, uint32_t K, bool* bad) {
-    const __m256i kmax = _mm256_set1_epi32(static_cast<int>(K - 1));
-    __m256i ok = _mm256_set1_epi32(-1);
+  static float dot(const V* v, const I* c, int64_t n, int64_t readable, const float* x, uint32_t K, bool* bad) {
     __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
     int64_t j = 0;
     for (; j + 16 <= n; j += 16) {
@@ -80,29 +71,36 @@ struct Avx2Ops {
       a0 = _mm256_fmadd_ps(val8(v + j), load8(x, c + j), a0);
       a1 = _mm256_fmadd_ps(val8(v + j + 8), load8(x, c + j + 8), a1);
     }
-    if (j + 8 <= n) {
-      a0 = _mm256_fmadd_ps(val8(v + j), gather(x, idx8(c + j), kmax, &ok), a0);
-      j += 8;
-    }
-    if (j < n) {  // 1..7 left: a zero-padded copy and a lane-masked gather (no scalar FMA chain)
-      const int r = static_cast<int>(n - j);
-      I ci[8] = {};
-      V vi[8] = {};
-      for (int t = 0; t < r; ++t) { ci[t] = c[j + t]; vi[t] = v[j + t]; }
+    // 1..15 left, 8 lanes at a time: whole vectors of the indices and values (read past the row's end while
+    // that stays inside the arrays, else from a zero-padded copy) with the dead lanes zeroed, and the x values
+    // by scalar loads as above. A copy loop and a masked vgatherdps per row cost ~20% at 95% sparsity.
+    const __m256i kmax = _mm256_set1_epi32(static_cast<int>(K - 1));
+    for (; j < n; j += 8) {
+      const int r = static_cast<int>(std::min<int64_t>(8, n - j));
       const __m256i live = _mm256_cmpgt_epi32(_mm256_set1_epi32(r), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-      const __m256i idx = _mm256_and_si256(idx8(ci), live);
-      const __m256i in = _mm256_cmpeq_epi32(_mm256_min_epu32(idx, kmax), idx);
-      ok = _mm256_and_si256(ok, _mm256_or_si256(in, _mm256_xor_si256(live, _mm256_set1_epi32(-1))));
-      const __m256 g = _mm256_mask_i32gather_ps(_mm256_setzero_ps(), x, idx, _mm256_castsi256_ps(_mm256_and_si256(in, live)), 4);
-      a1 = _mm256_fmadd_ps(val8(vi), g, a1);
-      j = n;
+      __m256i idx;
+      __m256 val;
+      if (j + 8 <= readable) {
+        idx = idx8(c + j);
+        val = val8(v + j);
+      } else {
+        I ci[8] = {};
+        V vi[8] = {};
+        for (int t = 0; t < r; ++t) { ci[t] = c[j + t]; vi[t] = v[j + t]; }
+        idx = idx8(ci);
+        val = val8(vi);
+      }
+      idx = _mm256_and_si256(idx, live);  // dead lanes read x[0], then count as 0 * 0
+      if (_mm256_movemask_epi8(_mm256_cmpeq_epi32(_mm256_min_epu32(idx, kmax), idx)) != -1) {
+        *bad = true;
+        return 0.f;
+      }
+      alignas(32) int32_t k[8];
+      _mm256_store_si256(reinterpret_cast<__m256i*>(k), idx);
+      const __m256 xv = _mm256_and_ps(load8(x, k), _mm256_castsi256_ps(live));
+      a1 = _mm256_fmadd_ps(_mm256_and_ps(val, _mm256_castsi256_ps(live)), xv, a1);
     }
-    if (_mm256_movemask_ps(_mm256_castsi256_ps(ok)) != 0xff) {
-      *bad = true;
-      return 0.f;
-    }
-    float s = hsum(_mm256_add_ps(a0, a1));
-    return s;
+    return hsum(_mm256_add_ps(a0, a1));
   }
 
   template <int NV, class V, class I>

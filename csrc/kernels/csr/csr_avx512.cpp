@@ -25,7 +25,7 @@ struct Avx512Ops {
   static constexpr int kMaxNV = 4;
 
   template <class V, class I>
-  static float dot(const V* v, const I* c, int64_t n, const float* x, uint32_t K, bool* bad) {
+  static float dot(const V* v, const I* c, int64_t n, int64_t, const float* x, uint32_t K, bool* bad) {
     const __m512i kv = _mm512_set1_epi32(static_cast<int>(K));
     __mmask16 ok = 0xffff;
     __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();

@@ -2,8 +2,9 @@
 // internal linkage: the header is compiled with different ISA flags per file (see DEVELOPERS.md).
 //
 // Ops provides, for value type V (float / Bf16 / F16) and index type I (uint16_t / int32_t):
-//   static float dot(const V* v, const I* c, int64_t n, const float* x, uint32_t K, bool* bad)
-//       -- sum v[j] * x[c[j]]; sets *bad (and skips the entry) when c[j] >= K as unsigned
+//   static float dot(const V* v, const I* c, int64_t n, int64_t readable, const float* x, uint32_t K, bool* bad)
+//       -- sum v[j] * x[c[j]]; sets *bad (and skips the entry) when c[j] >= K as unsigned; v[0, readable) and
+//          c[0, readable) may be read (readable >= n: the entries of later rows), so a short tail can use whole vectors
 //   template <int NV> static void tile(const V* v, const I* c, int64_t n, const float* b, int64_t ldb,
 //                                      uint32_t K, float* out, bool* bad)
 //       -- out[0, NV*W) = sum_j v[j] * b[c[j] * ldb + (0..NV*W)), same index check
@@ -73,10 +74,11 @@ static inline int64_t run_typed(const SpmmArgs& a, int64_t o0, int64_t o1) {
   const V* bias = static_cast<const V*>(a.bias);
   V* y = static_cast<V*>(a.y);
   if (a.N == 1) {
+    const int64_t nnz = a.row_ptr[a.O];
     for (int64_t o = o0; o < o1; ++o) {
       const int64_t s = a.row_ptr[o];
       bool bad = false;
-      float acc = Ops::dot(vals + s, cols + s, a.row_ptr[o + 1] - s, a.b, static_cast<uint32_t>(a.K), &bad);
+      float acc = Ops::dot(vals + s, cols + s, a.row_ptr[o + 1] - s, nnz - s, a.b, static_cast<uint32_t>(a.K), &bad);
       if (bad) return o;
       if (bias) acc += to_f32(bias[o]);
       store(y + o * a.so, acc);

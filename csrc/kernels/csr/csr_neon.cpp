@@ -36,7 +36,7 @@ struct NeonOps {
   static constexpr int kMaxNV = 4;
 
   template <class V, class I>
-  static float dot(const V* v, const I* c, int64_t n, const float* x, uint32_t K, bool* bad) {
+  static float dot(const V* v, const I* c, int64_t n, int64_t, const float* x, uint32_t K, bool* bad) {
     float32x4_t a0 = vdupq_n_f32(0.f), a1 = vdupq_n_f32(0.f);
     uint32_t over = 0;
     int64_t j = 0;

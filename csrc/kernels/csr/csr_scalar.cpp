@@ -9,7 +9,7 @@ struct ScalarOps {
   static constexpr int kMaxNV = 2;
 
   template <class V, class I>
-  static float dot(const V* v, const I* c, int64_t n, const float* x, uint32_t K, bool* bad) {
+  static float dot(const V* v, const I* c, int64_t n, int64_t, const float* x, uint32_t K, bool* bad) {
     float s[4] = {0.f, 0.f, 0.f, 0.f};  // four chains hide the add latency
     uint32_t over = 0;                  // any index >= K (as unsigned, so negative int32 counts too)
     for (int64_t j = 0; j < n; ++j) {
