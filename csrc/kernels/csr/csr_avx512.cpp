@@ -1,5 +1,5 @@
 // AVX-512 CSR variant: the AVX2 scheme at 16 lanes. GEMV gathers 16 x values per vgatherdps with
-// two accumulators; tiles are 4 zmm (64 columns of B) per entry, entries two at a time.
+// two accumulators; tiles are up to 4 zmm (64 columns of B) per entry, entries two (four at one zmm) at a time.
 // GCC 12 warns about the deliberately undefined source operand inside its own AVX-512 intrinsics.
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include <immintrin.h>
@@ -65,35 +65,41 @@ struct Avx512Ops {
     return s;
   }
 
+  // Entries U at a time into U sets of NV accumulators. At M <= 16 (NV = 1) two entries at a time left two
+  // dependent FMA chains, half the FMA rate at latency 4; four entries make four chains.
   template <int NV, class V, class I>
   static void tile(const V* v, const I* c, int64_t n, const float* b, int64_t ldb, uint32_t K, float* out,
                    bool* bad) {
-    __m512 a[NV], e[NV];
-    for (int t = 0; t < NV; ++t) a[t] = e[t] = _mm512_setzero_ps();
+    constexpr int U = NV == 1 ? 4 : 2;
+    __m512 s[U][NV];
+    for (int u = 0; u < U; ++u)
+      for (int t = 0; t < NV; ++t) s[u][t] = _mm512_setzero_ps();
     int64_t j = 0;
-    for (; j + 2 <= n; j += 2) {
-      if ((static_cast<uint32_t>(c[j]) >= K) | (static_cast<uint32_t>(c[j + 1]) >= K)) {
+    for (; j + U <= n; j += U) {
+      uint32_t over = 0;
+      for (int u = 0; u < U; ++u) over |= static_cast<uint32_t>(static_cast<uint32_t>(c[j + u]) >= K);
+      if (over) {
         *bad = true;
         return;
       }
-      const __m512 w0 = _mm512_set1_ps(to_f32(v[j])), w1 = _mm512_set1_ps(to_f32(v[j + 1]));
-      const float* r0 = b + static_cast<int64_t>(c[j]) * ldb;
-      const float* r1 = b + static_cast<int64_t>(c[j + 1]) * ldb;
-      for (int t = 0; t < NV; ++t) {
-        a[t] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(r0 + t * W), a[t]);
-        e[t] = _mm512_fmadd_ps(w1, _mm512_loadu_ps(r1 + t * W), e[t]);
+      for (int u = 0; u < U; ++u) {
+        const __m512 w = _mm512_set1_ps(to_f32(v[j + u]));
+        const float* r = b + static_cast<int64_t>(c[j + u]) * ldb;
+        for (int t = 0; t < NV; ++t) s[u][t] = _mm512_fmadd_ps(w, _mm512_loadu_ps(r + t * W), s[u][t]);
       }
     }
-    if (j < n) {
+    for (; j < n; ++j) {
       if (static_cast<uint32_t>(c[j]) >= K) {
         *bad = true;
         return;
       }
-      const __m512 w0 = _mm512_set1_ps(to_f32(v[j]));
-      const float* r0 = b + static_cast<int64_t>(c[j]) * ldb;
-      for (int t = 0; t < NV; ++t) a[t] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(r0 + t * W), a[t]);
+      const __m512 w = _mm512_set1_ps(to_f32(v[j]));
+      const float* r = b + static_cast<int64_t>(c[j]) * ldb;
+      for (int t = 0; t < NV; ++t) s[0][t] = _mm512_fmadd_ps(w, _mm512_loadu_ps(r + t * W), s[0][t]);
     }
-    for (int t = 0; t < NV; ++t) _mm512_storeu_ps(out + t * W, _mm512_add_ps(a[t], e[t]));
+    for (int u = 1; u < U; ++u)
+      for (int t = 0; t < NV; ++t) s[0][t] = _mm512_add_ps(s[0][t], s[u][t]);
+    for (int t = 0; t < NV; ++t) _mm512_storeu_ps(out + t * W, s[0][t]);
   }
 };
 
