@@ -2,6 +2,7 @@
 // vector exp2 and online softmax with 8 query columns per vector; the algorithm is attn_impl.h's.
 #include <immintrin.h>
 
+#include "../common/exp2_avx2.h"
 #include "attn_impl.h"
 
 namespace sparseops::attn {
@@ -31,23 +32,6 @@ template <int MR>
 static inline void micro_rows(int64_t N, int64_t K, const float* A, int64_t ars, int64_t aks, const float* B,
                               int64_t ldb, float* C, int64_t ldc, bool acc) {
   for (int64_t j = 0; j < N; j += 16) micro<MR>(K, A, ars, aks, B + j, ldb, C + j, ldc, acc);
-}
-
-static inline __m256 exp2_v(__m256 x) {
-  const __m256 lo = _mm256_set1_ps(-126.0f);
-  const __m256 xc = _mm256_max_ps(x, lo);
-  const __m256 n = _mm256_round_ps(xc, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  const __m256 f = _mm256_sub_ps(xc, n);
-  __m256 p = _mm256_set1_ps(1.5353362e-4f);
-  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.3398874e-3f));
-  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(9.6181291e-3f));
-  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(5.5504109e-2f));
-  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(2.4022652e-1f));
-  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(6.9314718e-1f));
-  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.0f));
-  const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-  const __m256 r = _mm256_mul_ps(p, _mm256_castsi256_ps(e));
-  return _mm256_andnot_ps(_mm256_cmp_ps(x, lo, _CMP_LT_OQ), r);  // 0 below -126 (and for -inf)
 }
 
 struct Micro {

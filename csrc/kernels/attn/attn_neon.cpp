@@ -3,6 +3,7 @@
 // to fp32 by the shared scalar conversions (once per key block, off the hot loops).
 #include <arm_neon.h>
 
+#include "../common/exp2_neon.h"
 #include "attn_impl.h"
 
 namespace sparseops::attn {
@@ -35,24 +36,6 @@ template <int MR>
 static inline void micro_rows(int64_t N, int64_t K, const float* A, int64_t ars, int64_t aks, const float* B,
                               int64_t ldb, float* C, int64_t ldc, bool acc) {
   for (int64_t j = 0; j < N; j += 16) micro<MR>(K, A, ars, aks, B + j, ldb, C + j, ldc, acc);
-}
-
-static inline float32x4_t exp2_v(float32x4_t x) {
-  const float32x4_t lo = vdupq_n_f32(-126.0f);
-  const float32x4_t xc = vmaxq_f32(x, lo);
-  const float32x4_t n = vrndnq_f32(xc);
-  const float32x4_t f = vsubq_f32(xc, n);
-  float32x4_t p = vdupq_n_f32(1.5353362e-4f);
-  p = vfmaq_f32(vdupq_n_f32(1.3398874e-3f), p, f);
-  p = vfmaq_f32(vdupq_n_f32(9.6181291e-3f), p, f);
-  p = vfmaq_f32(vdupq_n_f32(5.5504109e-2f), p, f);
-  p = vfmaq_f32(vdupq_n_f32(2.4022652e-1f), p, f);
-  p = vfmaq_f32(vdupq_n_f32(6.9314718e-1f), p, f);
-  p = vfmaq_f32(vdupq_n_f32(1.0f), p, f);
-  const int32x4_t e = vshlq_n_s32(vaddq_s32(vcvtq_s32_f32(n), vdupq_n_s32(127)), 23);
-  const float32x4_t r = vmulq_f32(p, vreinterpretq_f32_s32(e));
-  const uint32x4_t under = vcltq_f32(x, lo);  // also true for -inf
-  return vreinterpretq_f32_u32(vbicq_u32(vreinterpretq_u32_f32(r), under));
 }
 
 struct Micro {

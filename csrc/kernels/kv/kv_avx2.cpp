@@ -7,6 +7,8 @@
 #include <cstring>
 
 #include "../common/avx2_popcnt.h"
+#include "../common/exp2_avx2.h"
+#include "../common/perm_place.h"
 #include "../common/shuffle_place.h"
 #include "kv_attend.h"
 #include "kv_select.h"
@@ -15,15 +17,11 @@ namespace sparseops::kv {
 namespace {
 
 struct ExpandTable {
-  alignas(32) int32_t perm[256][8];  // lane i takes value number (set bits of the byte below i)
-  alignas(32) int32_t keep[256][8];  // -1 where bit i is set
   alignas(16) uint8_t shuf16[256][16];  // 16-bit lanes: bytes of value number (set bits below i), 0x80 = zero
   ExpandTable() {
     for (int b = 0; b < 256; ++b)
       for (int i = 0, n = 0; i < 8; ++i) {
         const bool set = (b >> i) & 1;
-        perm[b][i] = set ? n : 0;
-        keep[b][i] = set ? -1 : 0;
         shuf16[b][2 * i] = set ? static_cast<uint8_t>(2 * n) : 0x80;
         shuf16[b][2 * i + 1] = set ? static_cast<uint8_t>(2 * n + 1) : 0x80;
         n += set;
@@ -31,7 +29,8 @@ struct ExpandTable {
   }
 };
 const ExpandTable kTable;
-const Bf16Place& kPlace = bf16_place();  // bound at load time: no init guard in the hot loop
+const PermPlace& kPerm = perm_place();  // bound at load time: no init guard in the hot loop
+const Bf16Place& kPlace = bf16_place();
 
 static inline __m256 widen8(DType d, const char* p) {
   if (d == DType::f32) return _mm256_loadu_ps(reinterpret_cast<const float*>(p));
@@ -46,33 +45,17 @@ static inline float hsum8(__m256 v) {
   return _mm_cvtss_f32(s);
 }
 
-// exp(x) for x <= 0 (and -inf): 2^n * 2^f with |f| <= 1/2, degree-6 polynomial (rel. error ~2e-7); below
-// -87.3 (where 2^n leaves the normal range) the result is 0.
-static inline __m256 exp256(__m256 x) {
-  const __m256 live = _mm256_cmp_ps(x, _mm256_set1_ps(-87.3f), _CMP_GE_OQ);
-  x = _mm256_max_ps(x, _mm256_set1_ps(-87.3f));
-  const __m256 t = _mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f));
-  const __m256 n = _mm256_round_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  const __m256 f = _mm256_mul_ps(_mm256_sub_ps(t, n), _mm256_set1_ps(0.693147180559945309f));
-  __m256 p = _mm256_set1_ps(1.0f / 720);
-  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.0f / 120));
-  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.0f / 24));
-  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.0f / 6));
-  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(0.5f));
-  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.0f));
-  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.0f));
-  const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-  return _mm256_and_ps(_mm256_mul_ps(p, _mm256_castsi256_ps(e)), live);
-}
+// exp(x) for the softmax: 2^(x log2 e), so that attention and KV share one polynomial.
+static inline __m256 exp256(__m256 x) { return exp2_v(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f))); }
 
 // One 8-channel group: mask byte b (given as b * 32, a table row offset) whose values start at value `off`.
 template <DType Dt>
 static inline __m256 place8(const char* v, unsigned b32, int off) {
   if constexpr (Dt == DType::f32) {
-    const char* row = reinterpret_cast<const char*>(kTable.perm[0]) + b32;
+    const char* row = reinterpret_cast<const char*>(kPerm.perm[0]) + b32;
     const __m256i idx = _mm256_load_si256(reinterpret_cast<const __m256i*>(row));
     const __m256 x = _mm256_permutevar8x32_ps(_mm256_loadu_ps(reinterpret_cast<const float*>(v) + off), idx);
-    const char* keep = reinterpret_cast<const char*>(kTable.keep[0]) + b32;
+    const char* keep = reinterpret_cast<const char*>(kPerm.keep[0]) + b32;
     return _mm256_and_ps(x, _mm256_castsi256_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(keep))));
   } else if constexpr (Dt == DType::bf16) {
     const char* row = reinterpret_cast<const char*>(kPlace.t[0][0]) + b32;

@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <cstring>
 
+#include "../common/exp2_avx512.h"
 #include "kv_attend.h"
 
 namespace sparseops::kv {
@@ -23,21 +24,8 @@ static inline __m512 widen16(DType d, const void* p, __mmask16 ld) {
                           : _mm512_cvtph_ps(h);
 }
 
-// exp(x) for x <= 0 (and -inf): 2^n * 2^f with |f| <= 1/2, degree-6 polynomial (rel. error ~2e-7).
-static inline __m512 exp512(__m512 x) {
-  x = _mm512_max_ps(x, _mm512_set1_ps(-104.0f));
-  const __m512 t = _mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f));
-  const __m512 n = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  const __m512 f = _mm512_mul_ps(_mm512_sub_ps(t, n), _mm512_set1_ps(0.693147180559945309f));
-  __m512 p = _mm512_set1_ps(1.0f / 720);
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f / 120));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f / 24));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f / 6));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(0.5f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
-  return _mm512_scalef_ps(p, n);
-}
+// exp(x) for the softmax: 2^(x log2 e), so that attention and KV share one polynomial.
+static inline __m512 exp512(__m512 x) { return exp2_v(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f))); }
 
 // Permute indices of tree16, level by level (g = 8, 4, 2, 1 lanes per token after the level): output
 // lane o takes, from vector a (o < 8) or b, group (o % 8) / g of width 2g, first half ("lo") or second.

@@ -4,29 +4,15 @@
 // vector compares, then values placed 4 (fp32) or 8 (16-bit) channels at a time by a table lookup (tbl).
 #include <arm_neon.h>
 
+#include "../common/exp2_neon.h"
 #include "kv_attend.h"
 #include "kv_select.h"
 
 namespace sparseops::kv {
 namespace {
 
-// exp(x) for x <= 0: 2^n * 2^f, degree-6 polynomial (rel. error ~2e-7); 0 below -87.3 (and for -inf).
-static inline float32x4_t exp4(float32x4_t x) {
-  const uint32x4_t live = vcgeq_f32(x, vdupq_n_f32(-87.3f));
-  x = vmaxq_f32(x, vdupq_n_f32(-87.3f));
-  const float32x4_t t = vmulq_n_f32(x, 1.44269504088896341f);
-  const float32x4_t n = vrndnq_f32(t);
-  const float32x4_t f = vmulq_n_f32(vsubq_f32(t, n), 0.693147180559945309f);
-  float32x4_t p = vdupq_n_f32(1.0f / 720);
-  p = vfmaq_f32(vdupq_n_f32(1.0f / 120), p, f);
-  p = vfmaq_f32(vdupq_n_f32(1.0f / 24), p, f);
-  p = vfmaq_f32(vdupq_n_f32(1.0f / 6), p, f);
-  p = vfmaq_f32(vdupq_n_f32(0.5f), p, f);
-  p = vfmaq_f32(vdupq_n_f32(1.0f), p, f);
-  p = vfmaq_f32(vdupq_n_f32(1.0f), p, f);
-  const int32x4_t e = vshlq_n_s32(vaddq_s32(vcvtq_s32_f32(n), vdupq_n_s32(127)), 23);
-  return vreinterpretq_f32_u32(vandq_u32(vreinterpretq_u32_f32(vmulq_f32(p, vreinterpretq_f32_s32(e))), live));
-}
+// exp(x) for the softmax: 2^(x log2 e), so that attention and KV share one polynomial.
+static inline float32x4_t exp4(float32x4_t x) { return exp2_v(vmulq_n_f32(x, 1.44269504088896341f)); }
 
 struct NeonOps : FP32Keys<NeonOps> {
   static inline void expand(DType d, const uint8_t* bits, const void* vals, int D, int k, float* out) {

@@ -8,6 +8,7 @@
 #include <immintrin.h>
 
 #include "../common/avx2_popcnt.h"
+#include "../common/perm_place.h"
 #include "../common/shuffle_place.h"
 #include "nm.h"
 #include "nm_x86_tile.h"
@@ -16,14 +17,9 @@ namespace sparseops::nm {
 namespace {
 
 struct Tables {
-  alignas(32) int32_t perm[256][8];  // lane j: index of its value in the byte's run, or INT32_MIN (pruned)
   alignas(32) int32_t first[9][8];   // -1 on the first k lanes (maskload of k dwords)
   alignas(16) int16_t last16[8][8];  // -1 on lane k only
   Tables() {
-    for (int b = 0; b < 256; ++b) {
-      int r = 0;
-      for (int j = 0; j < 8; ++j) perm[b][j] = ((b >> j) & 1) ? r++ : INT32_MIN;
-    }
     for (int k = 0; k <= 8; ++k)
       for (int j = 0; j < 8; ++j) first[k][j] = j < k ? -1 : 0;
     for (int k = 0; k < 8; ++k)
@@ -41,7 +37,7 @@ static inline __m256 widen(DType d, __m128i h) {
   return _mm256_cvtph_ps(h);
 }
 
-static inline __m256 place(const Tables& t, __m256 v, unsigned byte) {
+static inline __m256 place(const PermPlace& t, __m256 v, unsigned byte) {
   const __m256i idx = _mm256_load_si256(reinterpret_cast<const __m256i*>(t.perm[byte]));
   return _mm256_blendv_ps(_mm256_permutevar8x32_ps(v, idx), _mm256_setzero_ps(), _mm256_castsi256_ps(idx));
 }
@@ -57,15 +53,16 @@ struct Avx2Dec {
   static inline V bcast(float w) { return (V)_mm256_set1_ps(w); }
 
   struct Slice {
-    const Tables* t;
+    const PermPlace* t;
     int cnt, c8;      // values per chunk, per mask byte (m <= 8; 0 for m == 16)
     __m256i ld32;     // first c8 dwords (fp32 values)
     __m128i ld16;     // first c8/2 dwords (16-bit values)
     __m128i odd16;    // lane c8-1 when c8 is odd
-    explicit Slice(const x86::Geo& g) : t(&tables()), cnt(g.cnt), c8(g.m <= 8 ? 8 / g.m * g.n : 0) {
-      ld32 = _mm256_load_si256(reinterpret_cast<const __m256i*>(t->first[c8]));
-      ld16 = _mm_load_si128(reinterpret_cast<const __m128i*>(t->first[c8 / 2]));
-      odd16 = (c8 & 1) ? _mm_load_si128(reinterpret_cast<const __m128i*>(t->last16[c8 - 1])) : _mm_setzero_si128();
+    explicit Slice(const x86::Geo& g) : t(&perm_place()), cnt(g.cnt), c8(g.m <= 8 ? 8 / g.m * g.n : 0) {
+      const Tables& m = tables();
+      ld32 = _mm256_load_si256(reinterpret_cast<const __m256i*>(m.first[c8]));
+      ld16 = _mm_load_si128(reinterpret_cast<const __m128i*>(m.first[c8 / 2]));
+      odd16 = (c8 & 1) ? _mm_load_si128(reinterpret_cast<const __m128i*>(m.last16[c8 - 1])) : _mm_setzero_si128();
     }
   };
 
