@@ -185,6 +185,44 @@ def test_attn_quick_run_writes_json(tmp_path):
     assert rows[0]["flex_compile_s"] is not None or rows[0]["flex_note"]
 
 
+@pytest.mark.parametrize("L,block,density,expect", [
+    (2048, 64, 0.1, 53 / 528),      # round(0.1 * 528) = 53 blocks, 32 of them diagonal
+    (2048, 64, 0.05, 32 / 528),     # the 32 diagonal blocks alone exceed 26: the floor
+    (2048, 128, 0.1, 16 / 136),     # likewise 16 diagonal blocks > 14
+    (8192, 64, 0.25, 0.25),
+    (1000, 64, 0.5, None),          # a partial last block
+])
+def test_attn_bench_masks_hold_the_requested_density(L, block, density, expect):
+    """The bench's topk masks keep the requested fraction of the causal blocks (not per-row ceilings)."""
+    from sparseops.attention import topk_blocks
+    from sparseops.attention.module import mask_density
+    from sparseops.bench.attn import _row_keep
+    g = torch.Generator().manual_seed(1)
+    q = torch.randn(1, 2, L, 16, generator=g)
+    k = torch.randn(1, 2, L, 16, generator=g)
+    bm = topk_blocks(q, k, keep=_row_keep(L, block, density), block_size=block, is_causal=True)
+    real = mask_density(bm, True)
+    nb = -(-L // block)
+    if expect is None:
+        assert abs(real - density) <= 1.0 / (nb * (nb + 1) / 2) + 1e-9
+    else:
+        assert real == pytest.approx(expect, abs=1e-9)
+    # Per-row ceilings, the bench's old masks, were denser than asked at short lengths.
+    if (L, block, density) == (2048, 64, 0.1):
+        assert mask_density(topk_blocks(q, k, keep=0.1, block_size=64, is_causal=True), True) > 0.12
+
+
+def test_attn_bench_flops_count_causal_pairs():
+    from sparseops.attention import BlockMask, causal_block_mask
+    from sparseops.bench.attn import _flops_visited
+    for L, bs in ((512, 64), (1000, 128)):
+        assert _flops_visited(causal_block_mask(L, L, bs), 4, L, 32) == 4.0 * 32 * 4 * L * (L + 1) / 2
+    # Only the diagonal blocks of a 4-block causal layout: each holds bs * (bs + 1) / 2 causal pairs.
+    diag = torch.eye(4, dtype=torch.bool)[None, None]
+    bm = BlockMask.from_dense(diag, 64)
+    assert _flops_visited(bm, 2, 256, 8) == 4.0 * 8 * 2 * 4 * 64 * 65 / 2
+
+
 def test_attn_bad_options_fail_before_measuring():
     for opt, msg in ((["--density", "1.5"], "--density values must be in (0, 1]"),
                      (["--block", "24"], "--block values must be multiples of 16"),
