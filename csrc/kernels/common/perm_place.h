@@ -9,16 +9,11 @@ namespace {
 
 struct PermPlace {
   // Value number for a kept lane; INT32_MIN for a pruned one: vpermps reads only the low 3 bits (lane 0), and
-  // the sign bit lets blendv zero the lane.
+  // the sign bit lets one blendv zero the lane.
   alignas(32) int32_t perm[256][8];
-  alignas(32) int32_t keep[256][8];  // -1 on kept lanes: an and-mask for the same zeroing
   PermPlace() {
     for (int b = 0; b < 256; ++b)
-      for (int j = 0, r = 0; j < 8; ++j) {
-        const bool kept = (b >> j) & 1;
-        perm[b][j] = kept ? r++ : INT32_MIN;
-        keep[b][j] = kept ? -1 : 0;
-      }
+      for (int j = 0, r = 0; j < 8; ++j) perm[b][j] = ((b >> j) & 1) ? r++ : INT32_MIN;
   }
 };
 

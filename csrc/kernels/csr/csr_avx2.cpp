@@ -47,12 +47,13 @@ static inline bool in_range16(const uint16_t* c, uint32_t K) {
   const __m256i kmax = _mm256_set1_epi16(static_cast<short>(K - 1));  // K <= 65536 for uint16 indices
   return _mm256_movemask_epi8(_mm256_cmpeq_epi16(_mm256_min_epu16(i, kmax), i)) == -1;
 }
+// -1 in the lanes of idx that are <= kmax (unsigned), else 0.
+static inline __m256i lanes_in(__m256i idx, __m256i kmax) {
+  return _mm256_cmpeq_epi32(_mm256_min_epu32(idx, kmax), idx);
+}
 static inline bool in_range16(const int32_t* c, uint32_t K) {
   const __m256i kmax = _mm256_set1_epi32(static_cast<int>(K - 1));
-  const __m256i i0 = idx8(c), i1 = idx8(c + 8);
-  const __m256i in = _mm256_and_si256(_mm256_cmpeq_epi32(_mm256_min_epu32(i0, kmax), i0),
-                                      _mm256_cmpeq_epi32(_mm256_min_epu32(i1, kmax), i1));
-  return _mm256_movemask_epi8(in) == -1;
+  return _mm256_movemask_epi8(_mm256_and_si256(lanes_in(idx8(c), kmax), lanes_in(idx8(c + 8), kmax))) == -1;
 }
 
 struct Avx2Ops {
@@ -73,7 +74,7 @@ struct Avx2Ops {
     }
     // 1..15 left, 8 lanes at a time: whole vectors of the indices and values (read past the row's end while
     // that stays inside the arrays, else from a zero-padded copy) with the dead lanes zeroed, and the x values
-    // by scalar loads as above. A copy loop and a masked vgatherdps per row cost ~20% at 95% sparsity.
+    // by scalar loads as above. A copy loop and a masked vgatherdps per row weighed on short (sparse) rows.
     const __m256i kmax = _mm256_set1_epi32(static_cast<int>(K - 1));
     for (; j < n; j += 8) {
       const int r = static_cast<int>(std::min<int64_t>(8, n - j));
@@ -91,7 +92,7 @@ struct Avx2Ops {
         val = val8(vi);
       }
       idx = _mm256_and_si256(idx, live);  // dead lanes read x[0], then count as 0 * 0
-      if (_mm256_movemask_epi8(_mm256_cmpeq_epi32(_mm256_min_epu32(idx, kmax), idx)) != -1) {
+      if (_mm256_movemask_epi8(lanes_in(idx, kmax)) != -1) {
         *bad = true;
         return 0.f;
       }

@@ -1,5 +1,5 @@
 // AVX2 variant of bitmap-KV decode attention and compression. AVX2 has no expand instruction: each bitmap byte
-// picks a table shuffle that moves its popcount(byte) values to their channels (fp32: vpermps + and; bf16: one
+// picks a table shuffle that moves its popcount(byte) values to their channels (fp32: vpermps + blendv; bf16: one
 // vpshufb that also widens; fp16: vpshufb + vcvtph2ps). Records whose popcount is not k take the scalar, clamped
 // path.
 #include <immintrin.h>
@@ -55,8 +55,7 @@ static inline __m256 place8(const char* v, unsigned b32, int off) {
     const char* row = reinterpret_cast<const char*>(kPerm.perm[0]) + b32;
     const __m256i idx = _mm256_load_si256(reinterpret_cast<const __m256i*>(row));
     const __m256 x = _mm256_permutevar8x32_ps(_mm256_loadu_ps(reinterpret_cast<const float*>(v) + off), idx);
-    const char* keep = reinterpret_cast<const char*>(kPerm.keep[0]) + b32;
-    return _mm256_and_ps(x, _mm256_castsi256_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(keep))));
+    return _mm256_blendv_ps(x, _mm256_setzero_ps(), _mm256_castsi256_ps(idx));  // pruned lanes: sign bit set
   } else if constexpr (Dt == DType::bf16) {
     const char* row = reinterpret_cast<const char*>(kPlace.t[0][0]) + b32;
     const __m256i src = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(v + 2 * off)));

@@ -182,8 +182,8 @@ def _pool(x: torch.Tensor, b: int) -> torch.Tensor:
     hc = max(1, (1 << 22) // max(1, B * L * D))
     if x.dtype != torch.float32 and hc < H:
         # A 16-bit x is widened into a float32 temporary as large as x before the sum; in slices of ~16 MiB of
-        # float32 the allocator reuses that memory instead of faulting fresh pages in for every call (bf16 q,
-        # 32 heads x 16k x 128: 116 ms -> 21 ms on Zen 3). Same sums, same result.
+        # float32 the allocator reuses that memory instead of faulting fresh pages in for every call (see
+        # bench/results/attn-cpu-epyc2c-d18f026). Same sums, same result.
         return torch.cat([_pool(x[:, h:h + hc], b) for h in range(0, H, hc)], dim=1)
     n_full = L // b
     parts = []
