@@ -70,6 +70,16 @@ def test_uint16_columns_above_32767(isa):
     check_close(csr.linear(x, cw), F.linear(x.double(), w.double()), torch.float32, 65536)
 
 
+def test_output_of_32_mib_and_more():
+    # Outputs this large come from a fresh mapping that the op asks to back with huge pages before writing.
+    g = gen(5)
+    w = sparse_weight(4099, 48, 0.5, torch.float32, g)
+    x = torch.randn(2048, 48, generator=g)
+    y = csr.linear(x, csr.compress(w))
+    assert y.nbytes >= 32 << 20
+    check_close(y, F.linear(x.double(), w.double()), torch.float32, 48)
+
+
 def test_3d_and_noncontiguous_x_and_empty_rows(isa):
     g = gen(5)
     w = sparse_weight(20, 48, 0.8, torch.float32, g)

@@ -77,7 +77,7 @@ std::tuple<at::Tensor, at::Tensor> block_sparse_attention_cpu(
   at::Tensor num = num_in.contiguous(), idx = idx_in.contiguous(), fnum, fidx;
   if (has_full) { fnum = fnum_in->contiguous(); fidx = fidx_in->contiguous(); }
 
-  at::Tensor out = at::empty({B, Hq, Lq, D}, q.options());
+  at::Tensor out = empty_output({B, Hq, Lq, D}, q.options());
   at::Tensor lse = at::empty({B, Hq, Lq}, q.options().dtype(at::kFloat));
 
   attn::Args a{};

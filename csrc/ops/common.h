@@ -7,6 +7,10 @@
 #include <atomic>
 #include <stdexcept>
 
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
+
 #include "kernels/common/cpu_features.h"
 #include "kernels/nm/nm.h"
 
@@ -29,6 +33,25 @@ inline Isa current_isa() {
   } catch (const std::exception& e) {
     TORCH_CHECK(false, e.what());
   }
+}
+
+// at::empty for an op's output. glibc serves a block of 32 MiB or more (its largest mmap threshold) from a fresh
+// mapping on every call, and first-touching it page by page cost ~1 us per 4 KiB page on the dev VM (32 MiB:
+// ~9 ms, a third of a 2k-token, 32-head sparse attention call). Asking for transparent huge pages on the
+// block's whole 2 MiB pages before the kernel writes it makes that ~16 faults (as glibc.malloc.hugetlb=1 or
+// torch's THP_MEM_ALLOC_ENABLE would, process-wide). Smaller blocks come from the reused heap and are left
+// alone (advising part of the heap would split its mapping).
+inline at::Tensor empty_output(at::IntArrayRef sizes, const at::TensorOptions& options) {
+  at::Tensor t = at::empty(sizes, options);
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  constexpr uintptr_t kHuge = uintptr_t(2) << 20;
+  const uintptr_t p = reinterpret_cast<uintptr_t>(t.data_ptr()), n = static_cast<uintptr_t>(t.nbytes());
+  if (t.device().is_cpu() && n >= (uintptr_t(32) << 20)) {
+    const uintptr_t b = (p + kHuge - 1) & ~(kHuge - 1), e = (p + n) & ~(kHuge - 1);
+    if (e > b) madvise(reinterpret_cast<void*>(b), e - b, MADV_HUGEPAGE);  // advice only: failure changes nothing
+  }
+#endif
+  return t;
 }
 
 // Decoded weight per GEMM call of the dense-tile paths (8 MiB measured best of 8/32 for N:M).

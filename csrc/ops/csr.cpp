@@ -81,7 +81,7 @@ void check_columns(int64_t bad, int64_t K, const char* who) {
 at::Tensor dense_weight(const at::Tensor& row_ptr, const at::Tensor& cols, const at::Tensor& values, int64_t K,
                         const char* who) {
   const csr::SpmmArgs a = weight_args(row_ptr, cols, values, K, who);
-  at::Tensor dense = at::empty({a.O, K}, values.options());
+  at::Tensor dense = empty_output({a.O, K}, values.options());
   std::atomic<int64_t> bad{-1};
   at::parallel_for(0, a.O, 64, [&](int64_t b, int64_t e) {
     const int64_t r = csr::decompress_rows(a, static_cast<char*>(dense.data_ptr()) + b * K * values.element_size(),
@@ -181,7 +181,7 @@ at::Tensor csr_linear_cpu(const at::Tensor& x, const at::Tensor& row_ptr_in, con
   const int64_t M = x2.size(0);
   std::vector<int64_t> out_shape(x.sizes().begin(), x.sizes().end() - 1);
   out_shape.push_back(O);
-  at::Tensor y = at::empty({M, O}, x.options());
+  at::Tensor y = empty_output({M, O}, x.options());
   if (M == 0 || O == 0) return y.view(out_shape);
   if (K == 0 || nnz == 0) {  // no entries: the bias alone (a zero-width x has nothing to propagate)
     if (bias.defined()) y.copy_(bias.expand({M, O})); else y.zero_();
@@ -237,7 +237,7 @@ at::Tensor csr_spmm_cpu(const at::Tensor& crow_in, const at::Tensor& col_in, con
   const csr::Problem p =
       csr::validate(row_ptr.data_ptr<int64_t>(), O, col.data_ptr(), col.scalar_type() == at::kLong, nnz, K, &where);
   fail_problem(p, where, O, nnz, K, who);
-  at::Tensor out = at::empty({O, N}, b.options());
+  at::Tensor out = empty_output({O, N}, b.options());
   if (O == 0 || N == 0) return out;
   if (K == 0 || nnz == 0) {
     out.zero_();

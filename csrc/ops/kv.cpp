@@ -47,7 +47,7 @@ std::tuple<at::Tensor, at::Tensor> kv_compress_cpu(const at::Tensor& x_in, int64
   at::Tensor x = x_in.contiguous();
   const int64_t B = x.size(0), H = x.size(1), T = x.size(2), rows = B * H * T;
   at::Tensor bits = at::empty({B, H, T, D / 8}, x.options().dtype(at::kByte));
-  at::Tensor vals = at::empty({B, H, T, k}, x.options());
+  at::Tensor vals = empty_output({B, H, T, k}, x.options());
   if (rows == 0) return {bits, vals};
   const kv::CompressFn fn = kv::compress_kernel(current_isa());
   at::parallel_for(0, rows, 256, [&](int64_t b, int64_t e) {
@@ -76,7 +76,7 @@ at::Tensor kv_decompress_cpu(const at::Tensor& bits_in, const at::Tensor& vals_i
   at::Tensor bits = bits_in.contiguous(), vals = vals_in.contiguous();
   const int64_t B = bits.size(0), H = bits.size(1), cap = bits.size(2), k = vals.size(3);
   const kv::DType dt = kv_dtype(vals, "sparseops.kv: vals");
-  at::Tensor x = at::empty({B, H, length, D}, vals.options());
+  at::Tensor x = empty_output({B, H, length, D}, vals.options());
   if (length == 0) return x;
   at::parallel_for(0, B * H, 1, [&](int64_t b, int64_t e) {
     for (int64_t bh = b; bh < e; ++bh)

@@ -88,7 +88,7 @@ at::Tensor nm_linear_cpu(const at::Tensor& x, const at::Tensor& values_in, const
   const int64_t M = x2.size(0);
   std::vector<int64_t> out_shape(x.sizes().begin(), x.sizes().end() - 1);
   out_shape.push_back(O);
-  at::Tensor y = at::empty({M, O}, x.options());
+  at::Tensor y = empty_output({M, O}, x.options());
   if (M == 0 || O == 0) return y.view(out_shape);
 
   nm::LinearArgs a{};
@@ -142,7 +142,7 @@ at::Tensor nm_decompress_cpu(const at::Tensor& values_in, const at::Tensor& mask
   nm_validate_cpu(values_in, mask_in, n, m, K);
   at::Tensor values = values_in.contiguous(), mask = mask_in.contiguous();
   const int64_t O = values.size(0);
-  at::Tensor dense = at::empty({O, K}, values.options());
+  at::Tensor dense = empty_output({O, K}, values.options());
   const DType dt = kernel_dtype(values, "sparseops.nm: values");
   at::parallel_for(0, O, 64, [&](int64_t b, int64_t e) {
     nm::decompress(dt, static_cast<int>(n), static_cast<int>(m), O, K, values.data_ptr(), mask.data_ptr<uint8_t>(),
