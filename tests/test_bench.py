@@ -182,6 +182,8 @@ def test_attn_quick_run_writes_json(tmp_path):
         else:
             assert row["flex_note"]
     assert rows[0]["real_density"] == 1.0 and rows[0]["max_err"] < 2e-4  # dense mask == SDPA
+    # the dense row's SDPA comes from rounds interleaved with its sparse calls, one call each per round
+    assert rows[0]["sparse_reps"] == rows[0]["sdpa_reps"] >= 1
     assert rows[0]["flex_compile_s"] is not None or rows[0]["flex_note"]
 
 

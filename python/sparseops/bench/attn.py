@@ -4,16 +4,21 @@ SDPA and FlexAttention (torch.compile) with the same block mask, same run.
 Default sweep (issue 5): B=1, D=128, heads 8 (MHA) and 32/8 (GQA), L = 2k, 8k, 16k; densities 1.0, 0.5, 0.25,
 0.1, 0.05 of the causal blocks; fp32 and bf16; block sizes 64 and 128. Density 1.0 is the causal block mask;
 the others are sparseops.attention.topk_blocks on the random inputs (a per-head mask, the diagonal always
-kept), asked for the per-row fraction whose mask holds the requested fraction of the causal blocks
-(_row_keep): each row rounds its count up, which at L=2k made "density 0.1" masks 12.9% (block 64) and 16.2%
-(block 128) dense. Where every row's one diagonal block already exceeds the budget (2k, block 128: 16 of 136
-blocks) the mask keeps just those. The table shows each mask's real density. Calls slower than SLOW_S (2 s) are timed once after their warm-up call, and calls
-slower than VERY_SLOW_S (10 s) by that first call alone (a full run at L=16k would otherwise take hours on a
-small machine); narrow the sweep with --L, --heads, --density, --block, --dtype, --no-flex.
+kept). topk_blocks rounds each row's count up, which at L=2k once made "density 0.1" masks 12.9% dense
+(block 64), so the bench asks for the per-row fraction whose mask holds the requested fraction of the causal
+blocks (_row_keep). Where every row's one diagonal block already exceeds the budget (2k, block 128: 16 of 136
+blocks) the mask keeps just those. The table shows each mask's real density.
+
+Timing: SDPA once per (dtype, L, heads) for the sparse rows; density-1 rows re-time it in rounds interleaved
+with the sparse calls (_paired), as their speed-up compares two nearly equal times. Calls slower than SLOW_S
+(2 s) are timed once after their warm-up call, and calls slower than VERY_SLOW_S (10 s) by that first call
+alone (a full run at L=16k would otherwise take hours on a small machine); narrow the sweep with --L, --heads,
+--density, --block, --dtype, --no-flex.
 """
 from __future__ import annotations
 
 import math
+import statistics
 import time
 
 import torch
@@ -107,6 +112,28 @@ def _measure(h: Harness, fn, fixed: bool):
     fn()
     t = time.perf_counter() - t0
     return Timing(t, min(t, first), 1), out
+
+
+PAIRED_S = 6.0  # time budget of a dense row's interleaved rounds (at least one round)
+
+
+def _paired(h: Harness, f_sparse, f_sdpa, sdpa: Timing, fixed: bool):
+    """(sparse Timing, SDPA Timing, output) of a dense row. Its speed-up compares two nearly equal times, and on
+    a shared machine the speed drifts by more than their gap between minutes, so SDPA is re-timed here in
+    rounds interleaved with the sparse calls (sparse, SDPA, sparse, SDPA, ...) and both medians come from the
+    same rounds. After one warm-up sparse call; rounds: --repeats, else as many as fit PAIRED_S (1 to 7)."""
+    t0 = time.perf_counter()
+    out = f_sparse()
+    per_round = time.perf_counter() - t0 + sdpa.median_s
+    rounds = h.min_reps if fixed else max(1, min(7, int(PAIRED_S / per_round)))
+    ts: list[float] = []
+    td: list[float] = []
+    for _ in range(rounds):
+        for f, acc in ((f_sparse, ts), (f_sdpa, td)):
+            t0 = time.perf_counter()
+            f()
+            acc.append(time.perf_counter() - t0)
+    return Timing(statistics.median(ts), min(ts), rounds), Timing(statistics.median(td), min(td), rounds), out
 
 
 def _sdpa(q, k, v):
@@ -253,19 +280,23 @@ def run(args, h: Harness) -> list[dict]:
                                     bm = topk_blocks(q, k, keep=_row_keep(L, bs, dens), block_size=bs, is_causal=True)
                                 real = mask_density(bm, True)  # syncs: the builder's time ends here
                                 mask_ms = min(mask_ms, (time.perf_counter() - t0) * 1e3)
-                            tk, out = _measure(h, lambda: block_sparse_attention(q, k, v, bm, is_causal=True),
-                                               fixed)
+                            f_sparse = lambda: block_sparse_attention(q, k, v, bm, is_causal=True)
+                            ts_row = ts
+                            if dens == 1.0:
+                                tk, ts_row, out = _paired(h, f_sparse, lambda: _sdpa(q, k, v), ts, fixed)
+                            else:
+                                tk, out = _measure(h, f_sparse, fixed)
                             row = {"dtype": dname, "L": L, "heads": f"{hq}/{hkv}", "block": bs, "density": dens,
                                    "real_density": real, "D": D, "isa": sparseops.cpu_isa(),
                                    "sparse_ms": tk.median_ms, "sparse_min_ms": tk.min_ms, "sparse_reps": tk.reps,
-                                   "sdpa_ms": ts.median_ms, "sdpa_reps": ts.reps, "mask_ms": mask_ms,
-                                   "speedup": ts.median_s / tk.median_s,
+                                   "sdpa_ms": ts_row.median_ms, "sdpa_reps": ts_row.reps, "mask_ms": mask_ms,
+                                   "speedup": ts_row.median_s / tk.median_s,
                                    "flex_ms": None, "vs_flex": None, "flex_compile_s": None, "flex_note": None,
                                    "max_err": None}
                             row["pct_inv_density"] = 100.0 * row["speedup"] * real
                             flops = _flops_visited(bm, hq, L, D)
                             row["gflops"] = flops / tk.median_s / 1e9
-                            row["sdpa_gflops"] = sdpa_flops / ts.median_s / 1e9
+                            row["sdpa_gflops"] = sdpa_flops / ts_row.median_s / 1e9
                             if dens == 1.0:  # the dense causal mask must give SDPA's answer
                                 row["max_err"] = float((out.float() - ref.float()).abs().max())
                             if flex is not None:
@@ -317,7 +348,8 @@ def summary(rows: list[dict]) -> str:
     if compiles:
         lines.append(f"# FlexAttention compile: {len(compiles)} shapes, {min(compiles):.1f}-{max(compiles):.1f} s "
                      f"each, {sum(compiles):.0f} s in all")
-    lines.append("# vs sdpa = dense causal SDPA median / sparse median (GQA: K/V repeated inside the SDPA call); "
+    lines.append("# vs sdpa = dense causal SDPA median / sparse median (GQA: K/V repeated inside the SDPA call; "
+                 "density-1 rows time SDPA again, interleaved call by call with the sparse kernel); "
                  "%1/d = speed-up x real density; GFLOP/s counts 4*D*(causal pairs in the kept blocks); "
                  "mask ms = building the mask (causal_block_mask / topk_blocks)")
     return "\n".join(lines)
