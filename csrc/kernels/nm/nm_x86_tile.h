@@ -421,13 +421,16 @@ static void sparse_panel(const LinearArgs& a, const Geo& g, int64_t o_begin, int
         }
       }
       auto body = [&](uint32_t* bits, const T* const* vp, const float* xb, int count) __attribute__((always_inline)) {
+        const char* xc = reinterpret_cast<const char*>(xb);
         for (int t = 0; t < count; ++t) {
 #pragma GCC unroll 4
           for (int r = 0; r < RS; ++r) {
-            const int j = __builtin_ctz(bits[r]);
+            // Unsigned column: its byte offset is one shift, and the NV loads use base + index addressing with
+            // constant displacements (an int index cost a sign extension and an address add per weight).
+            const uint32_t j = static_cast<uint32_t>(__builtin_ctz(bits[r]));
             bits[r] &= bits[r] - 1;
             const V w = wval(vp[r][t]);
-            const float* xr = xb + j * MP;
+            const float* xr = reinterpret_cast<const float*>(xc + static_cast<size_t>(j) * (MP * sizeof(float)));
 #pragma GCC unroll 4
             for (int q = 0; q < NV; ++q) va[r][q] += w * vload<Dec>(xr + q * W);
           }
