@@ -1,4 +1,6 @@
 """prune / wanda_score / compress / NMWeight: the "nm-bitmask" v1 format, its round trips and its checks."""
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -329,3 +331,19 @@ def test_pure_torch_paths_match_native(monkeypatch):
     bad[7, 3] ^= 0x10  # row 7, column 28: group 7
     with pytest.raises(ValueError, match="row 7, group 7"):
         nm.NMWeight(c.values, bad, 3, 4, 40)
+
+
+def test_large_weights_live_on_huge_page_aligned_memory():
+    from sparseops import _memory
+    w = nm.prune(torch.randn(1024, 2048), 2, 4)
+    c = nm.compress(w, 2, 4)  # values: 4 MiB
+    assert c.values.nbytes >= _memory.MIN_BYTES
+    if sys.platform.startswith("linux"):
+        assert c.values.data_ptr() % (2 << 20) == 0
+    assert torch.equal(c.to_dense(), w)
+    small = _memory.empty((3, 5), torch.float16, "cpu")
+    assert small.shape == (3, 5) and small.dtype == torch.float16
+    big = _memory.empty((1 << 20, 3), torch.float32, "cpu")
+    assert big.shape == (1 << 20, 3) and big.is_contiguous()
+    big.fill_(2.0)
+    assert float(big.sum()) == 2.0 * 3 * (1 << 20)

@@ -18,9 +18,10 @@ namespace {
 using nm::DType;
 
 // Large M is compute bound. For bf16/fp16 the kernels (a kept-only GEMM from 40 rows on) beat
-// torch's dense GEMM at every measured M. For fp32 at density 1/2 (2:4, 4:8) MKL's sgemm is faster than
-// our kept-only GEMM, so from kDenseTilesMinM rows on, the dense GEMM runs on decoded weight tiles
-// instead (~1.0x dense; measured in bench/results/). Below that M the expanded kernels are used.
+// torch's dense GEMM at every measured M. For fp32 at density 1/2 (2:4, 4:8), from kDenseTilesMinM rows on,
+// the dense GEMM on decoded weight tiles (~0.9-1.0x dense) is used except with AVX2: there the kept-only GEMM
+// on weights in huge pages (python/sparseops/_memory.py) measured 1.05-1.4x dense (bench/results/); the
+// other ISAs keep the tiles until measured so. Below that M the expanded kernels are used.
 constexpr int64_t kDenseTilesMinM = 128;
 constexpr int64_t kDenseTilesMinMBf16 = 40;  // where the kernel leaves bf16 dot products (sparse_min_m)
 // SPARSEOPS_NM_LARGE_M=kernel|tiles forces one path for M >= kDenseTilesMinM (benchmarks, experiments).
@@ -32,7 +33,7 @@ inline bool use_dense_tiles(int64_t M, int64_t n, int64_t m, DType dt) {
   const char* force = std::getenv("SPARSEOPS_NM_LARGE_M");
   if (force && std::strcmp(force, "kernel") == 0) return false;
   if (force && std::strcmp(force, "tiles") == 0) return true;
-  return (dt == DType::f32 || bf16_dot) && 4 * n > m;
+  return ((dt == DType::f32 && current_isa() != Isa::avx2) || bf16_dot) && 4 * n > m;
 }
 
 // Which path the last nm_linear call took (read by benchmarks through sparseops.last_path()).

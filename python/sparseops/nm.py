@@ -16,6 +16,8 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+from . import _memory
+
 __all__ = ["NMWeight", "prune", "wanda_score", "compress", "linear", "validate", "check_pattern",
            "FORMAT_NAME", "FORMAT_VERSION"]
 
@@ -117,8 +119,8 @@ def compress(w: torch.Tensor, n: int, m: int) -> "NMWeight":
     w = w.detach()
     O, K = w.shape
     G = K // m
-    values = torch.empty(O, G * n, dtype=w.dtype, device=w.device)
-    mask = torch.empty(O, (K + 7) // 8, dtype=torch.uint8, device=w.device)
+    values = _memory.empty((O, G * n), w.dtype, w.device)
+    mask = _memory.empty((O, (K + 7) // 8), torch.uint8, w.device)
     for a, b in _row_chunks(O, K):
         g = w[a:b].reshape(b - a, G, m)
         nz = g != 0  # -0.0 == 0 is True: counts as zero; NaN != 0: counts as kept
