@@ -64,6 +64,12 @@ def nm_weight(w: torch.Tensor, n: int, m: int) -> tuple[torch.Tensor, torch.Tens
     return values, mask
 
 
+def _placed(t: torch.Tensor) -> torch.Tensor:
+    """A copy of t in the memory sparseops.nm.compress gives its tensors."""
+    from sparseops import _memory
+    return _memory.empty(t.shape, t.dtype, t.device).copy_(t)
+
+
 def _unpack(mask: torch.Tensor, K: int) -> torch.Tensor:
     bits = torch.tensor([1, 2, 4, 8, 16, 32, 64, 128], dtype=torch.uint8, device=mask.device)
     return (mask.unsqueeze(-1) & bits).ne(0).reshape(mask.shape[0], -1)[:, :K]
@@ -161,7 +167,8 @@ def run(args, h: Harness) -> list[dict]:
                 values, mask = nm_weight(w, n, m)
                 sbytes = values.numel() * es + mask.numel()
                 ks = h.copies(sbytes)
-                sparse_ws = [(values, mask)] + [(values.clone(), mask.clone()) for _ in range(ks - 1)]
+                # Every copy where sparseops.nm.compress puts a weight (huge pages, see sparseops._memory).
+                sparse_ws = [(_placed(values), _placed(mask)) for _ in range(ks)]
                 for M in ms:
                     x = xs[M]
                     io = (M * K + M * O) * es
