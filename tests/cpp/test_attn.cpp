@@ -127,7 +127,7 @@ void test_attn(Harness& h) {
         h.check(attn::validate(a, p.B, p.Hq, where) == 0, "attn: validate rejected a good list");
         for (int64_t b = 0; b < p.B; ++b)
           for (int64_t hh = 0; hh < p.Hq; ++hh)
-            for (int64_t qb = 0; qb < p.nqb; ++qb) fn(a, b, hh, qb, scratch.data());
+            for (int64_t qb = 0; qb < p.nqb; ++qb) fn(a, b, hh, qb, ((qb + hh) & 1) != 0, scratch.data());  // both orders
         int bad = 0;
         for (int64_t b = 0; b < p.B; ++b)
           for (int64_t hh = 0; hh < p.Hq; ++hh)
@@ -164,8 +164,10 @@ void test_attn(Harness& h) {
     p.num[0] = 1000; p.idx[0] = -7; p.idx[1] = 1 << 30; p.num[1] = -3;
     for (Isa isa : available_isas()) {
       std::vector<float> scratch(attn::scratch_floats(a));
-      attn::block_kernel(isa)(a, 0, 0, 0, scratch.data());
-      attn::block_kernel(isa)(a, 0, 0, 1, scratch.data());
+      for (bool rev : {false, true}) {
+        attn::block_kernel(isa)(a, 0, 0, 0, rev, scratch.data());
+        attn::block_kernel(isa)(a, 0, 0, 1, rev, scratch.data());
+      }
       bool finite = true;
       for (size_t i = 0; i < p.out.size(); ++i) finite &= std::isfinite(p.out.get(i));
       h.check(finite, "attn %s: malformed lists gave non-finite output", isa_name(isa));

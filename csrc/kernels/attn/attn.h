@@ -60,12 +60,14 @@ size_t scratch_floats(const Args& a);
 
 // Computes query block qb of (batch b, query head h): out rows and lse. `scratch` holds
 // scratch_floats(a) floats, 64-byte aligned. Block indices out of [0, nKB) and counts out of [0, cap]
-// are clamped / skipped defensively (validate() first to turn them into errors).
-using BlockFn = void (*)(const Args&, int64_t b, int64_t h, int64_t qb, float* scratch);
-void block_scalar(const Args&, int64_t b, int64_t h, int64_t qb, float* scratch);
-void block_avx2(const Args&, int64_t b, int64_t h, int64_t qb, float* scratch);
-void block_avx512(const Args&, int64_t b, int64_t h, int64_t qb, float* scratch);
-void block_neon(const Args&, int64_t b, int64_t h, int64_t qb, float* scratch);
+// are clamped / skipped defensively (validate() first to turn them into errors). reverse: visit the listed
+// key blocks last to first (the full list, then the other), so a thread's next block can start on the K / V
+// its previous one read last, still in cache; the result differs only by summation order.
+using BlockFn = void (*)(const Args&, int64_t b, int64_t h, int64_t qb, bool reverse, float* scratch);
+void block_scalar(const Args&, int64_t b, int64_t h, int64_t qb, bool reverse, float* scratch);
+void block_avx2(const Args&, int64_t b, int64_t h, int64_t qb, bool reverse, float* scratch);
+void block_avx512(const Args&, int64_t b, int64_t h, int64_t qb, bool reverse, float* scratch);
+void block_neon(const Args&, int64_t b, int64_t h, int64_t qb, bool reverse, float* scratch);
 // The variant for an ISA (nullptr if not compiled for this architecture).
 BlockFn block_kernel(Isa isa);
 

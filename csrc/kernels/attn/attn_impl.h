@@ -178,7 +178,8 @@ static inline const char* elem_ptr(DType dt, const void* base, int64_t off) {
 // visited in pieces of at most Ops::kTile keys). Each tile is its own online softmax, so the tile size only
 // changes how the work is cut: ISAs whose caches favour smaller GEMM operands than the block size ask for it.
 template <class Ops>
-static void run_tile(const Args& a, int64_t b, int64_t h, int64_t qb, int64_t q0, int64_t rows, float* scratch_raw) {
+static void run_tile(const Args& a, int64_t b, int64_t h, int64_t qb, int64_t q0, int64_t rows, bool rev,
+                     float* scratch_raw) {
   const int64_t D = a.D, Dp = round16(a.D), bq = std::min<int64_t>(a.block_q, Ops::kTile), bk = a.block_k;
   const int64_t tk = std::min<int64_t>(bk, Ops::kTile);
   const int64_t nKB = num_k_blocks(a);
@@ -228,7 +229,8 @@ static void run_tile(const Args& a, int64_t b, int64_t h, int64_t qb, int64_t q0
   };
 
   auto in_range = [&](int64_t kb) { return kb >= 0 && kb < nKB; };
-  for (int list = 0; list < 2; ++list) {
+  for (int li = 0; li < 2; ++li) {
+    const int list = rev ? 1 - li : li;
     const int32_t* nump = list == 0 ? a.kv_num : a.full_num;
     if (!nump) continue;
     const int64_t cap = list == 0 ? a.cap : a.full_cap;
@@ -236,7 +238,8 @@ static void run_tile(const Args& a, int64_t b, int64_t h, int64_t qb, int64_t q0
                                    : a.full_idx + b * a.fi_sb + h * a.fi_sh + qb * a.fi_sq;
     const int64_t listed = list == 0 ? nump[b * a.n_sb + h * a.n_sh + qb] : nump[b * a.fn_sb + h * a.fn_sh + qb];
     const int64_t cnt = std::min<int64_t>(cap, std::max<int64_t>(0, listed));
-    for (int64_t t = 0; t < cnt; ++t) {
+    for (int64_t ti = 0; ti < cnt; ++ti) {
+      const int64_t t = rev ? cnt - 1 - ti : ti;
       const int64_t kb = idx[t];
       if (!in_range(kb)) continue;  // defensive; validate() reports these
       const int64_t kend = std::min<int64_t>((kb + 1) * bk, a.Lk);
@@ -246,8 +249,10 @@ static void run_tile(const Args& a, int64_t b, int64_t h, int64_t qb, int64_t q0
           int64_t nk0 = k0 + tk;
           if (nk0 >= kend) {
             nk0 = -1;
-            for (int64_t u = t + 1; u < cnt; ++u)
+            for (int64_t ui = ti + 1; ui < cnt; ++ui) {
+              const int64_t u = rev ? cnt - 1 - ui : ui;
               if (in_range(idx[u])) { nk0 = idx[u] * bk; break; }
+            }
           }
           if (nk0 >= 0) prefetch_rows(nk0, std::min<int64_t>(tk, a.Lk - nk0));
         }
@@ -301,10 +306,10 @@ static void run_tile(const Args& a, int64_t b, int64_t h, int64_t qb, int64_t q0
 }
 
 template <class Ops>
-static void run_block(const Args& a, int64_t b, int64_t h, int64_t qb, float* scratch) {
+static void run_block(const Args& a, int64_t b, int64_t h, int64_t qb, bool reverse, float* scratch) {
   const int64_t first = qb * a.block_q, last = std::min<int64_t>(first + a.block_q, a.Lq);
   for (int64_t q0 = first; q0 < last; q0 += Ops::kTile)
-    run_tile<Ops>(a, b, h, qb, q0, std::min<int64_t>(Ops::kTile, last - q0), scratch);
+    run_tile<Ops>(a, b, h, qb, q0, std::min<int64_t>(Ops::kTile, last - q0), reverse, scratch);
 }
 
 }  // namespace

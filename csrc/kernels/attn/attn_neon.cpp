@@ -96,8 +96,8 @@ struct NeonOps {
 
 }  // namespace
 
-void block_neon(const Args& a, int64_t b, int64_t h, int64_t qb, float* scratch) {
-  run_block<NeonOps>(a, b, h, qb, scratch);
+void block_neon(const Args& a, int64_t b, int64_t h, int64_t qb, bool reverse, float* scratch) {
+  run_block<NeonOps>(a, b, h, qb, reverse, scratch);
 }
 
 }  // namespace sparseops::attn

@@ -114,18 +114,19 @@ def _measure(h: Harness, fn, fixed: bool):
     return Timing(t, min(t, first), 1), out
 
 
-PAIRED_S = 6.0  # time budget of a dense row's interleaved rounds (at least one round)
+PAIRED_S = 6.0  # time budget of a dense row's interleaved rounds (at least 3 rounds)
 
 
 def _paired(h: Harness, f_sparse, f_sdpa, sdpa: Timing, fixed: bool):
     """(sparse Timing, SDPA Timing, output) of a dense row. Its speed-up compares two nearly equal times, and on
     a shared machine the speed drifts by more than their gap between minutes, so SDPA is re-timed here in
     rounds interleaved with the sparse calls (sparse, SDPA, sparse, SDPA, ...) and both medians come from the
-    same rounds. After one warm-up sparse call; rounds: --repeats, else as many as fit PAIRED_S (1 to 7)."""
+    same rounds. After one warm-up sparse call; rounds: --repeats, else as many as fit PAIRED_S, 3 to 7 (a
+    single pair of multi-second calls moved by more than the gap)."""
     t0 = time.perf_counter()
     out = f_sparse()
     per_round = time.perf_counter() - t0 + sdpa.median_s
-    rounds = h.min_reps if fixed else max(1, min(7, int(PAIRED_S / per_round)))
+    rounds = h.min_reps if fixed else max(3, min(7, int(PAIRED_S / per_round)))
     ts: list[float] = []
     td: list[float] = []
     for _ in range(rounds):
