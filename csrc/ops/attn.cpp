@@ -136,17 +136,33 @@ std::tuple<at::Tensor, at::Tensor> block_sparse_attention_cpu(
     if (work[x] != work[y]) return work[x] > work[y];
     return x % nQB > y % nQB;  // same work: later query blocks first, then the query heads in order
   });
+  // Units of work: two items next to each other in that order when they share batch and key/value head and
+  // the query blocks are small (<= 64 rows, so a pair is <= 128 rows): the kernel reads each K / V piece they
+  // both list once for both (the query heads of a GQA group at one query block; else neighbouring query blocks).
+  std::vector<std::pair<int64_t, int>> units;  // (first index into order, items)
+  units.reserve(n_items);
+  for (int64_t s = 0; s < n_items;) {
+    const bool pair = block_q <= 64 && s + 1 < n_items && kv_group(order[s]) == kv_group(order[s + 1]);
+    units.emplace_back(s, pair ? 2 : 1);
+    s += pair ? 2 : 1;
+  }
+  const int64_t n_units = static_cast<int64_t>(units.size());
   std::atomic<int64_t> next{0};
   const size_t scratch_n = attn::scratch_floats(a);
-  const int64_t nthreads = std::min<int64_t>(at::get_num_threads(), n_items);
+  const int64_t nthreads = std::min<int64_t>(at::get_num_threads(), n_units);
   at::parallel_for(0, nthreads, 1, [&](int64_t, int64_t) {
     std::vector<float> scratch(scratch_n);
-    for (int64_t s = next.fetch_add(1); s < n_items; s = next.fetch_add(1)) {
-      const int64_t it = order[s];
-      // Alternate the key order by round of nthreads items: a thread's next item then starts on the K / V
+    for (int64_t u = next.fetch_add(1); u < n_units; u = next.fetch_add(1)) {
+      attn::Item items[attn::kMaxItems];
+      const int64_t it0 = order[units[u].first], b = it0 / (Hq * nQB);
+      for (int j = 0; j < units[u].second; ++j) {
+        const int64_t it = order[units[u].first + j];
+        items[j] = attn::Item{(it / nQB) % Hq, it % nQB};
+      }
+      // Alternate the key order by round of nthreads units: a thread's next unit then starts on the K / V
       // rows its last one read (helped at 16k tokens, where a head's K / V outgrow the cache, in paired runs).
-      const bool reverse = (s / nthreads) & 1;
-      fn(a, it / (Hq * nQB), (it / nQB) % Hq, it % nQB, reverse, scratch.data());
+      const bool reverse = (u / nthreads) & 1;
+      fn(a, b, items, units[u].second, reverse, scratch.data());
     }
   });
   return {out, lse};

@@ -25,7 +25,7 @@ struct Problem {
   std::vector<uint8_t> blocks;    // [B, Hq, nQB, nKB] the listed pairs
   int64_t nqb, nkb;
   Problem(DType d, int64_t B_, int64_t Hq_, int64_t Hkv_, int64_t Lq_, int64_t Lk_, int64_t D_, int bq_, int bk_,
-          bool c, double density, std::mt19937& rng)
+          bool c, double density, std::mt19937& rng, bool ascending = false)
       : B(B_), Hq(Hq_), Hkv(Hkv_), Lq(Lq_), Lk(Lk_), D(D_), bq(bq_), bk(bk_), causal(c), dt(d),
         q(d, B_ * Hq_ * Lq_ * D_), k(d, B_ * Hkv_ * Lk_ * D_), v(d, B_ * Hkv_ * Lk_ * D_), out(d, B_ * Hq_ * Lq_ * D_),
         lse(B_ * Hq_ * Lq_), nqb((Lq_ + bq_ - 1) / bq_), nkb((Lk_ + bk_ - 1) / bk_) {
@@ -40,7 +40,7 @@ struct Problem {
       std::vector<int32_t> sel;
       for (int64_t j = 0; j < nkb; ++j)
         if (u(rng) < density) sel.push_back(static_cast<int32_t>(j));
-      std::shuffle(sel.begin(), sel.end(), rng);  // any order is allowed
+      if (!ascending) std::shuffle(sel.begin(), sel.end(), rng);  // any order is allowed
       num[r] = static_cast<int32_t>(sel.size());
       for (size_t t = 0; t < sel.size(); ++t) {
         idx[r * nkb + t] = sel[t];
@@ -118,23 +118,42 @@ void test_attn(Harness& h) {
   for (Isa isa : available_isas()) {
     const attn::BlockFn fn = attn::block_kernel(isa);
     if (!h.check(fn != nullptr, "attn: no kernel for %s", isa_name(isa))) continue;
+    int variant = 0;
     for (DType d : dts)
       for (const Cfg& c : cfgs) {
-        Problem p(d, 2, c.Hq, c.Hkv, c.Lq, c.Lk, c.D, c.bq, c.bk, c.causal, c.density, rng);
+        // Lists ascending (paired items walk the union of their lists) or shuffled (each walks its own);
+        // items alone, in pairs of neighbouring query blocks, or in pairs of query heads at one query block.
+        const bool ascending = variant % 2 == 0;
+        const int pairing = (variant / 2) % 3;
+        ++variant;
+        Problem p(d, 2, c.Hq, c.Hkv, c.Lq, c.Lk, c.D, c.bq, c.bk, c.causal, c.density, rng, ascending);
         attn::Args a = p.args();
         std::vector<float> scratch(attn::scratch_floats(a));
         int64_t where[4];
         h.check(attn::validate(a, p.B, p.Hq, where) == 0, "attn: validate rejected a good list");
-        for (int64_t b = 0; b < p.B; ++b)
-          for (int64_t hh = 0; hh < p.Hq; ++hh)
-            for (int64_t qb = 0; qb < p.nqb; ++qb) fn(a, b, hh, qb, ((qb + hh) & 1) != 0, scratch.data());  // both orders
+        for (int64_t b = 0; b < p.B; ++b) {
+          std::vector<attn::Item> all;
+          if (pairing == 2)
+            for (int64_t qb = 0; qb < p.nqb; ++qb)
+              for (int64_t hh = 0; hh < p.Hq; ++hh) all.push_back({hh, qb});
+          else
+            for (int64_t hh = 0; hh < p.Hq; ++hh)
+              for (int64_t qb = 0; qb < p.nqb; ++qb) all.push_back({hh, qb});
+          const size_t step = pairing == 0 ? 1 : 2;
+          for (size_t s = 0; s < all.size(); s += step) {
+            const int n = static_cast<int>(std::min(step, all.size() - s));
+            fn(a, b, all.data() + s, n, ((s / step + b) & 1) != 0, scratch.data());  // both orders
+          }
+        }
         int bad = 0;
         for (int64_t b = 0; b < p.B; ++b)
           for (int64_t hh = 0; hh < p.Hq; ++hh)
             for (int64_t i = 0; i < p.Lq; ++i) bad += check_row(p, b, hh, i, a.scale);
-        h.check(bad == 0, "attn %s %s Hq=%lld Hkv=%lld L=%lldx%lld D=%lld blocks %dx%d causal=%d: %d bad values",
+        h.check(bad == 0,
+                "attn %s %s Hq=%lld Hkv=%lld L=%lldx%lld D=%lld blocks %dx%d causal=%d ascending=%d pairing=%d: %d bad "
+                "values",
                 isa_name(isa), dtype_name(d), (long long)c.Hq, (long long)c.Hkv, (long long)c.Lq, (long long)c.Lk,
-                (long long)c.D, c.bq, c.bk, int(c.causal), bad);
+                (long long)c.D, c.bq, c.bk, int(c.causal), int(ascending), pairing, bad);
       }
   }
 
@@ -164,9 +183,11 @@ void test_attn(Harness& h) {
     p.num[0] = 1000; p.idx[0] = -7; p.idx[1] = 1 << 30; p.num[1] = -3;
     for (Isa isa : available_isas()) {
       std::vector<float> scratch(attn::scratch_floats(a));
+      const attn::Item both[2] = {{0, 0}, {0, 1}};
       for (bool rev : {false, true}) {
-        attn::block_kernel(isa)(a, 0, 0, 0, rev, scratch.data());
-        attn::block_kernel(isa)(a, 0, 0, 1, rev, scratch.data());
+        attn::block_kernel(isa)(a, 0, both, 1, rev, scratch.data());
+        attn::block_kernel(isa)(a, 0, both + 1, 1, rev, scratch.data());
+        attn::block_kernel(isa)(a, 0, both, 2, rev, scratch.data());  // a pair walking malformed lists together
       }
       bool finite = true;
       for (size_t i = 0; i < p.out.size(); ++i) finite &= std::isfinite(p.out.get(i));

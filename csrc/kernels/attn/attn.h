@@ -58,16 +58,23 @@ inline int64_t num_k_blocks(const Args& a) { return (a.Lk + a.block_k - 1) / a.b
 // Floats of scratch one call of a block kernel needs (per thread; reuse it across calls).
 size_t scratch_floats(const Args& a);
 
-// Computes query block qb of (batch b, query head h): out rows and lse. `scratch` holds
-// scratch_floats(a) floats, 64-byte aligned. Block indices out of [0, nKB) and counts out of [0, cap]
-// are clamped / skipped defensively (validate() first to turn them into errors). reverse: visit the listed
-// key blocks last to first (the full list, then the other), so a thread's next block can start on the K / V
-// its previous one read last, still in cache; the result differs only by summation order.
-using BlockFn = void (*)(const Args&, int64_t b, int64_t h, int64_t qb, bool reverse, float* scratch);
-void block_scalar(const Args&, int64_t b, int64_t h, int64_t qb, bool reverse, float* scratch);
-void block_avx2(const Args&, int64_t b, int64_t h, int64_t qb, bool reverse, float* scratch);
-void block_avx512(const Args&, int64_t b, int64_t h, int64_t qb, bool reverse, float* scratch);
-void block_neon(const Args&, int64_t b, int64_t h, int64_t qb, bool reverse, float* scratch);
+// A query block of one query head: the unit the caller schedules.
+struct Item { int64_t h, qb; };
+constexpr int kMaxItems = 2;
+
+// Computes query blocks items[0, n) (n <= kMaxItems) of batch b: out rows and lse. Items of the same key/value
+// head whose key-block lists are ascending share each K / V piece they both list (read once for both: pair
+// query blocks that list mostly the same blocks, e.g. the query heads of a GQA group under one mask, or
+// neighbouring query blocks under a causal mask). `scratch` holds scratch_floats(a) floats, 64-byte aligned.
+// Block indices out of [0, nKB) and counts out of [0, cap] are clamped / skipped defensively (validate() first
+// to turn them into errors). reverse: visit the listed key blocks last to first (the full list, then the
+// other), so a thread's next item can start on the K / V its previous one read last, still in cache; the
+// result differs only by summation order.
+using BlockFn = void (*)(const Args&, int64_t b, const Item* items, int n, bool reverse, float* scratch);
+void block_scalar(const Args&, int64_t b, const Item* items, int n, bool reverse, float* scratch);
+void block_avx2(const Args&, int64_t b, const Item* items, int n, bool reverse, float* scratch);
+void block_avx512(const Args&, int64_t b, const Item* items, int n, bool reverse, float* scratch);
+void block_neon(const Args&, int64_t b, const Item* items, int n, bool reverse, float* scratch);
 // The variant for an ISA (nullptr if not compiled for this architecture).
 BlockFn block_kernel(Isa isa);
 

@@ -164,8 +164,8 @@ struct Avx2Ops {
 
 }  // namespace
 
-void block_avx2(const Args& a, int64_t b, int64_t h, int64_t qb, bool reverse, float* scratch) {
-  run_block<Avx2Ops>(a, b, h, qb, reverse, scratch);
+void block_avx2(const Args& a, int64_t b, const Item* items, int n, bool reverse, float* scratch) {
+  run_items<Avx2Ops>(a, b, items, n, reverse, scratch);
 }
 
 }  // namespace sparseops::attn

@@ -128,8 +128,8 @@ struct Avx512Ops {
 
 }  // namespace
 
-void block_avx512(const Args& a, int64_t b, int64_t h, int64_t qb, bool reverse, float* scratch) {
-  run_block<Avx512Ops>(a, b, h, qb, reverse, scratch);
+void block_avx512(const Args& a, int64_t b, const Item* items, int n, bool reverse, float* scratch) {
+  run_items<Avx512Ops>(a, b, items, n, reverse, scratch);
 }
 
 }  // namespace sparseops::attn

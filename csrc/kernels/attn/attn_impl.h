@@ -1,5 +1,5 @@
 // The block-sparse attention algorithm, shared by every ISA file. Each *_<isa>.cpp instantiates
-// run_block<Ops> with its own Ops (a small fp32 GEMM, conversions, exp2); everything here has internal
+// run_items<Ops> with its own Ops (a small fp32 GEMM, conversions, exp2); everything here has internal
 // linkage (see DEVELOPERS.md: a shared out-of-line copy could carry AVX-512 code into the scalar path).
 //
 // Per query block: Q is converted to fp32 once, pre-multiplied by scale * log2(e) (softmax in base 2) and
@@ -7,7 +7,7 @@
 // [bk][Dp]), then ST = Ks QT (scores transposed: [key][query]) is one GEMM, the online-softmax step runs
 // along keys with queries across vector lanes (no horizontal reductions), and acc += P V is a second GEMM
 // reading P from ST with swapped strides. That is FlashAttention-2 with the loops swapped (key block
-// outer), so K/V are converted once per query block. Dp = D rounded up to 16, zero padded. Key blocks on
+// outer), so K/V are converted once per group of query tiles (run_group). Dp = D rounded up to 16, zero padded. Key blocks on
 // the causal diagonal skip the invisible triangle in both GEMMs (gemm_rows' kdiag / ndiag).
 #pragma once
 #include <algorithm>
@@ -26,12 +26,15 @@ namespace {
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
 
+constexpr int kMaxGroup = 2;  // query tiles per run_group (they share each K / V piece)
+
 static inline int64_t round16(int64_t x) { return (x + 15) & ~int64_t(15); }
 
 static inline size_t scratch_floats_impl(const Args& a) {
   const int64_t Dp = round16(a.D), bq = a.block_q, bk = a.block_k;
-  // QT, acc: Dp*bq; m, l, alpha: bq; Ks, Vs: bk*Dp; ST: bk*bq; + alignment slack.
-  return static_cast<size_t>(2 * bq * Dp + 3 * bq + 2 * Dp * bk + bq * bk + 8 * 16);
+  // Per tile of a group (kMaxGroup): QT, acc: Dp*bq; m, l, alpha: bq. Shared: Ks, Vs: bk*Dp; ST: bk*bq.
+  // + alignment slack (16 floats per aligned array).
+  return static_cast<size_t>(kMaxGroup * (2 * bq * Dp + 3 * bq) + 2 * Dp * bk + bq * bk + 16 * 16);
 }
 
 // "No causal limit" for the kdiag / ndiag arguments of the GEMMs.
@@ -125,7 +128,7 @@ static inline float exp2_generic(float x) {
 
 // Generic pieces; ISA files derive and override what they vectorise.
 struct GenericOps {
-  static constexpr int kTile = kMaxBlock;  // query rows / keys per tile (run_tile): whole blocks
+  static constexpr int kTile = kMaxBlock;  // query rows / keys per tile (run_group): whole blocks
   // C[M x N] (+)= A[M x K] B[K x N]; A[i][k] at A[i * ars + k * aks]; B, C row-major; N % 16 == 0.
   // kdiag / ndiag: the causal limits gemm_rows may exploit (this reference computes everything).
   static void gemm(int64_t M, int64_t N, int64_t K, const float* A, int64_t ars, int64_t aks, const float* B,
@@ -174,40 +177,59 @@ static inline const char* elem_ptr(DType dt, const void* base, int64_t off) {
   return static_cast<const char*>(base) + off * (dt == DType::f32 ? 4 : 2);
 }
 
-// Query rows [q0, q0 + rows) of query block qb (a tile of at most Ops::kTile rows; the block's key blocks are
-// visited in pieces of at most Ops::kTile keys). Each tile is its own online softmax, so the tile size only
-// changes how the work is cut: ISAs whose caches favour smaller GEMM operands than the block size ask for it.
+// One query tile: rows [q0, q0 + rows) of query block qb of query head h (at most Ops::kTile rows), and its
+// running state in the scratch.
+struct Tile {
+  int64_t h, qb, q0, rows;
+  const int32_t* idx = nullptr;  // the list being visited, and its clamped count
+  int64_t cnt = 0, pos = 0;       // pos: entries visited so far (in the visiting order)
+  float *QT = nullptr, *acc = nullptr, *m = nullptr, *l = nullptr, *alpha = nullptr;
+};
+
+// A group of query tiles of one batch and key/value head that share each K / V piece they list: a piece is
+// read (and, for 16-bit inputs, widened) once for the whole group, so a group of two halves the K / V traffic
+// (fp32 at 16k: a head's K / V outgrow the cache and every tile streams them again). The tiles walk the
+// union of their lists in order: each list must be strictly ascending for that (masks built here are);
+// otherwise every tile walks its own list alone. Each tile is its own online softmax, so grouping changes
+// nothing but the order in which pieces arrive.
 template <class Ops>
-static void run_tile(const Args& a, int64_t b, int64_t h, int64_t qb, int64_t q0, int64_t rows, bool rev,
-                     float* scratch_raw) {
+static void run_group(const Args& a, int64_t b, Tile* tl, int nt, bool rev, float* scratch_raw) {
   const int64_t D = a.D, Dp = round16(a.D), bq = std::min<int64_t>(a.block_q, Ops::kTile), bk = a.block_k;
   const int64_t tk = std::min<int64_t>(bk, Ops::kTile);
   const int64_t nKB = num_k_blocks(a);
   const float ninf = -std::numeric_limits<float>::infinity();
-  float* QT = align64(scratch_raw);
-  float* acc = align64(QT + Dp * bq);
-  float* mrow = align64(acc + bq * Dp);
-  float* lrow = align64(mrow + bq);
-  float* alpha = align64(lrow + bq);
-  float* Ks = align64(alpha + bq);
+  float* Ks = align64(scratch_raw);
   float* Vs = align64(Ks + tk * Dp);
   float* ST = align64(Vs + tk * Dp);
+  float* p = align64(ST + tk * bq);
+  for (int j = 0; j < nt; ++j) {
+    Tile& t = tl[j];
+    t.QT = p;
+    t.acc = align64(t.QT + Dp * bq);
+    t.m = align64(t.acc + bq * Dp);
+    t.l = align64(t.m + bq);
+    t.alpha = align64(t.l + bq);
+    p = align64(t.alpha + bq);
+  }
 
-  const int64_t hk = h / (a.Hq / a.Hkv);
+  const int64_t hk = tl[0].h / (a.Hq / a.Hkv);
   const size_t es = a.dtype == DType::f32 ? 4 : 2;
   const float qmul = a.scale * kLog2e;
-  std::memset(QT, 0, Dp * bq * sizeof(float));
-  for (int64_t i = 0; i < bq; ++i) { mrow[i] = ninf; lrow[i] = 0.0f; }
-  // Q rows are transposed and scaled into QT: fp32 in place, bf16 / fp16 widened into acc first (free until
-  // the first P V).
-  const char* qrow0 = elem_ptr(a.dtype, a.q, b * a.q_sb + h * a.q_sh + q0 * a.q_sl);
-  if (a.dtype == DType::f32) {
-    Ops::transpose(reinterpret_cast<const float*>(qrow0), a.q_sl, rows, D, qmul, QT, bq);
-  } else {
-    for (int64_t i = 0; i < rows; ++i) Ops::load(a.dtype, qrow0 + i * a.q_sl * es, D, acc + i * Dp);
-    Ops::transpose(acc, Dp, rows, D, qmul, QT, bq);
+  for (int j = 0; j < nt; ++j) {
+    Tile& t = tl[j];
+    std::memset(t.QT, 0, Dp * bq * sizeof(float));
+    for (int64_t i = 0; i < bq; ++i) { t.m[i] = ninf; t.l[i] = 0.0f; }
+    // Q rows are transposed and scaled into QT: fp32 in place, bf16 / fp16 widened into acc first (free until
+    // the first P V).
+    const char* qrow0 = elem_ptr(a.dtype, a.q, b * a.q_sb + t.h * a.q_sh + t.q0 * a.q_sl);
+    if (a.dtype == DType::f32) {
+      Ops::transpose(reinterpret_cast<const float*>(qrow0), a.q_sl, t.rows, D, qmul, t.QT, bq);
+    } else {
+      for (int64_t i = 0; i < t.rows; ++i) Ops::load(a.dtype, qrow0 + i * a.q_sl * es, D, t.acc + i * Dp);
+      Ops::transpose(t.acc, Dp, t.rows, D, qmul, t.QT, bq);
+    }
+    std::memset(t.acc, 0, bq * Dp * sizeof(float));
   }
-  std::memset(acc, 0, bq * Dp * sizeof(float));
   // Columns D..Dp of Ks / Vs stay zero (rows are rewritten only over [0, D)).
   const bool direct = a.dtype == DType::f32 && D == Dp;
   if (!direct) {
@@ -228,39 +250,60 @@ static void run_tile(const Args& a, int64_t b, int64_t h, int64_t qb, int64_t q0
       }
   };
 
-  auto in_range = [&](int64_t kb) { return kb >= 0 && kb < nKB; };
-  for (int li = 0; li < 2; ++li) {
-    const int list = rev ? 1 - li : li;
-    const int32_t* nump = list == 0 ? a.kv_num : a.full_num;
-    if (!nump) continue;
-    const int64_t cap = list == 0 ? a.cap : a.full_cap;
-    const int32_t* idx = list == 0 ? a.kv_idx + b * a.i_sb + h * a.i_sh + qb * a.i_sq
-                                   : a.full_idx + b * a.fi_sb + h * a.fi_sh + qb * a.fi_sq;
-    const int64_t listed = list == 0 ? nump[b * a.n_sb + h * a.n_sh + qb] : nump[b * a.fn_sb + h * a.fn_sh + qb];
-    const int64_t cnt = std::min<int64_t>(cap, std::max<int64_t>(0, listed));
-    for (int64_t ti = 0; ti < cnt; ++ti) {
-      const int64_t t = rev ? cnt - 1 - ti : ti;
-      const int64_t kb = idx[t];
-      if (!in_range(kb)) continue;  // defensive; validate() reports these
+  // Key columns [k0, k0 + cols) (K / V rows at Kp / Vp) into tile t's online softmax.
+  auto piece = [&](Tile& t, int64_t k0, int64_t cols, const float* Kp, int64_t kld, const float* Vp, int64_t vld) {
+    // First query row that sees a key of this piece (causal: key k0 needs query >= k0), rounded down to 16 so
+    // the GEMM's N stays a multiple of 16 inside the block; rows before i0 get no keys.
+    const int64_t i0 = a.causal ? std::max<int64_t>(0, k0 - t.q0) : 0;
+    const int64_t i0a = i0 & ~int64_t(15), n = round16(t.rows - i0a), nvalid = t.rows - i0a;
+    // diag: query column i (from i0a) sees keys j <= i + diag. Blocks on the causal diagonal skip the
+    // invisible triangle in both GEMMs.
+    const int64_t diag = t.q0 + i0a - k0;
+    const bool tri = a.causal && diag < cols - 1;
+    Ops::gemm(cols, n, Dp, Kp, kld, 1, t.QT + i0a, bq, ST + i0a, bq, false, kNoDiag, tri ? diag : kNoDiag);
+    Ops::softmax(ST + i0a, bq, cols, n, diag, a.causal, nvalid, t.m + i0a, t.l + i0a, t.alpha + i0a);
+    for (int64_t i = i0a; i < t.rows; ++i) {
+      const float al = t.alpha[i];
+      if (al == 1.0f) continue;
+      float* o = t.acc + i * Dp;
+      for (int64_t d = 0; d < Dp; ++d) o[d] *= al;
+    }
+    Ops::gemm(nvalid, Dp, cols, ST + i0a, 1, bq, Vp, vld, t.acc + i0a * Dp, Dp, true, tri ? diag : kNoDiag, kNoDiag);
+  };
+
+  // The tiles' next unvisited in-range block in the visiting order (-1: none left); bad entries are skipped
+  // (defensive; validate() reports them).
+  auto current = [&](Tile& t) -> int64_t {
+    for (; t.pos < t.cnt; ++t.pos) {
+      const int64_t kb = t.idx[rev ? t.cnt - 1 - t.pos : t.pos];
+      if (kb >= 0 && kb < nKB) return kb;
+    }
+    return -1;
+  };
+  // Visits the union of the lists of tiles [j0, j1) in order (ascending, or descending when rev).
+  auto walk = [&](int j0, int j1) {
+    auto next_block = [&]() {
+      int64_t best = -1;
+      for (int j = j0; j < j1; ++j) {
+        const int64_t kb = current(tl[j]);
+        if (kb >= 0 && (best < 0 || (rev ? kb > best : kb < best))) best = kb;
+      }
+      return best;
+    };
+    for (int64_t kb = next_block(); kb >= 0;) {
+      bool in[kMaxGroup] = {};
+      for (int j = j0; j < j1; ++j)
+        if (current(tl[j]) == kb) { in[j] = true; ++tl[j].pos; }
+      const int64_t nkb = next_block();
       const int64_t kend = std::min<int64_t>((kb + 1) * bk, a.Lk);
       for (int64_t k0 = kb * bk; k0 < kend; k0 += tk) {
         const int64_t cols = std::min<int64_t>(tk, kend - k0);
-        {  // the next piece of this list (this block's next rows, else the next listed block), see prefetch_rows
-          int64_t nk0 = k0 + tk;
-          if (nk0 >= kend) {
-            nk0 = -1;
-            for (int64_t ui = ti + 1; ui < cnt; ++ui) {
-              const int64_t u = rev ? cnt - 1 - ui : ui;
-              if (in_range(idx[u])) { nk0 = idx[u] * bk; break; }
-            }
-          }
-          if (nk0 >= 0) prefetch_rows(nk0, std::min<int64_t>(tk, a.Lk - nk0));
-        }
-        // First query row that sees a key of this block (causal: key k0 needs query >= k0), rounded down
-        // to 16 so the GEMM's N stays a multiple of 16 inside the block; rows before i0 get no keys.
-        const int64_t i0 = a.causal ? std::max<int64_t>(0, k0 - q0) : 0;
-        if (i0 >= rows) continue;
-        const int64_t i0a = i0 & ~int64_t(15), n = round16(rows - i0a), nvalid = rows - i0a;
+        // The next piece (this block's next rows, else the next block's first), see prefetch_rows.
+        const int64_t nk0 = k0 + tk < kend ? k0 + tk : nkb >= 0 ? nkb * bk : -1;
+        if (nk0 >= 0) prefetch_rows(nk0, std::min<int64_t>(tk, a.Lk - nk0));
+        bool any = false;  // a tile with a query row that sees a key of this piece
+        for (int j = j0; j < j1; ++j) any |= in[j] && (!a.causal || k0 - tl[j].q0 < tl[j].rows);
+        if (!any) continue;
         const float *Kp = Ks, *Vp = Vs;
         int64_t kld = Dp, vld = Dp;
         if (direct) {  // fp32 with D % 16 == 0: the GEMMs read K and V in place
@@ -272,44 +315,74 @@ static void run_tile(const Args& a, int64_t b, int64_t h, int64_t qb, int64_t q0
             Ops::load(a.dtype, vbase + (k0 + j) * a.v_sl * es, D, Vs + j * Dp);
           }
         }
-        // diag: query column i (from i0a) sees keys j <= i + diag. Blocks on the causal diagonal skip the
-        // invisible triangle in both GEMMs.
-        const int64_t diag = q0 + i0a - k0;
-        const bool tri = a.causal && diag < cols - 1;
-        Ops::gemm(cols, n, Dp, Kp, kld, 1, QT + i0a, bq, ST + i0a, bq, false, kNoDiag, tri ? diag : kNoDiag);
-        Ops::softmax(ST + i0a, bq, cols, n, diag, a.causal, nvalid, mrow + i0a, lrow + i0a, alpha + i0a);
-        for (int64_t i = i0a; i < rows; ++i) {
-          const float al = alpha[i];
-          if (al == 1.0f) continue;
-          float* o = acc + i * Dp;
-          for (int64_t d = 0; d < Dp; ++d) o[d] *= al;
-        }
-        Ops::gemm(nvalid, Dp, cols, ST + i0a, 1, bq, Vp, vld, acc + i0a * Dp, Dp, true, tri ? diag : kNoDiag, kNoDiag);
+        for (int j = j0; j < j1; ++j)
+          if (in[j] && (!a.causal || k0 - tl[j].q0 < tl[j].rows)) piece(tl[j], k0, cols, Kp, kld, Vp, vld);
       }
+      kb = nkb;
+    }
+  };
+
+  for (int li = 0; li < 2; ++li) {
+    const int list = rev ? 1 - li : li;
+    const int32_t* nump = list == 0 ? a.kv_num : a.full_num;
+    if (!nump) continue;
+    const int64_t cap = list == 0 ? a.cap : a.full_cap;
+    bool ascending = true;
+    for (int j = 0; j < nt; ++j) {
+      Tile& t = tl[j];
+      t.idx = list == 0 ? a.kv_idx + b * a.i_sb + t.h * a.i_sh + t.qb * a.i_sq
+                        : a.full_idx + b * a.fi_sb + t.h * a.fi_sh + t.qb * a.fi_sq;
+      const int64_t listed = list == 0 ? nump[b * a.n_sb + t.h * a.n_sh + t.qb] : nump[b * a.fn_sb + t.h * a.fn_sh + t.qb];
+      t.cnt = std::min<int64_t>(cap, std::max<int64_t>(0, listed));
+      t.pos = 0;
+      for (int64_t s = 1; s < t.cnt && ascending; ++s) ascending = t.idx[s] > t.idx[s - 1];
+    }
+    if (ascending || nt == 1) {
+      walk(0, nt);
+    } else {
+      for (int j = 0; j < nt; ++j) walk(j, j + 1);
     }
   }
 
-  for (int64_t i = 0; i < rows; ++i) {
-    float* o = acc + i * Dp;
-    const float l = lrow[i];
-    const float inv = l > 0.0f ? 1.0f / l : 0.0f;
-    char* dst = static_cast<char*>(a.out) + (b * a.o_sb + h * a.o_sh + (q0 + i) * a.o_sl) * es;
-    if (a.dtype == DType::f32) {
-      float* of = reinterpret_cast<float*>(dst);
-      for (int64_t d = 0; d < D; ++d) of[d] = o[d] * inv;
-    } else {
-      for (int64_t d = 0; d < D; ++d) o[d] *= inv;
-      Ops::store(a.dtype, o, D, dst);
+  for (int j = 0; j < nt; ++j) {
+    const Tile& t = tl[j];
+    for (int64_t i = 0; i < t.rows; ++i) {
+      float* o = t.acc + i * Dp;
+      const float l = t.l[i];
+      const float inv = l > 0.0f ? 1.0f / l : 0.0f;
+      char* dst = static_cast<char*>(a.out) + (b * a.o_sb + t.h * a.o_sh + (t.q0 + i) * a.o_sl) * es;
+      if (a.dtype == DType::f32) {
+        float* of = reinterpret_cast<float*>(dst);
+        for (int64_t d = 0; d < D; ++d) of[d] = o[d] * inv;
+      } else {
+        for (int64_t d = 0; d < D; ++d) o[d] *= inv;
+        Ops::store(a.dtype, o, D, dst);
+      }
+      if (a.lse) a.lse[(b * a.Hq + t.h) * a.Lq + t.q0 + i] = l > 0.0f ? t.m[i] * kLn2 + std::log(l) : ninf;
     }
-    if (a.lse) a.lse[(b * a.Hq + h) * a.Lq + q0 + i] = l > 0.0f ? mrow[i] * kLn2 + std::log(l) : ninf;
   }
 }
 
+// Query blocks items[0, n) of batch b, cut into tiles of at most Ops::kTile rows. Consecutive tiles of one
+// key/value head go through run_group in pairs of at most kGroupRows rows in all (two 64-row tiles: the pair's
+// GEMM operands still fit where one tile's did, as each GEMM touches one tile at a time).
 template <class Ops>
-static void run_block(const Args& a, int64_t b, int64_t h, int64_t qb, bool reverse, float* scratch) {
-  const int64_t first = qb * a.block_q, last = std::min<int64_t>(first + a.block_q, a.Lq);
-  for (int64_t q0 = first; q0 < last; q0 += Ops::kTile)
-    run_tile<Ops>(a, b, h, qb, q0, std::min<int64_t>(Ops::kTile, last - q0), reverse, scratch);
+static void run_items(const Args& a, int64_t b, const Item* items, int n, bool reverse, float* scratch) {
+  constexpr int64_t kGroupRows = 128;
+  Tile tiles[kMaxItems * kMaxBlock / kBlockMultiple];
+  int nt = 0;
+  for (int it = 0; it < n && it < kMaxItems; ++it) {
+    const int64_t first = items[it].qb * a.block_q, last = std::min<int64_t>(first + a.block_q, a.Lq);
+    for (int64_t q0 = first; q0 < last; q0 += Ops::kTile)
+      tiles[nt++] = Tile{items[it].h, items[it].qb, q0, std::min<int64_t>(Ops::kTile, last - q0)};
+  }
+  const int64_t group = a.Hq / a.Hkv;
+  for (int j = 0; j < nt;) {
+    int e = j + 1;
+    if (e < nt && tiles[e].h / group == tiles[j].h / group && tiles[j].rows + tiles[e].rows <= kGroupRows) ++e;
+    run_group<Ops>(a, b, tiles + j, e - j, reverse, scratch);
+    j = e;
+  }
 }
 
 }  // namespace

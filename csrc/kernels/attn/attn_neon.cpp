@@ -96,8 +96,8 @@ struct NeonOps {
 
 }  // namespace
 
-void block_neon(const Args& a, int64_t b, int64_t h, int64_t qb, bool reverse, float* scratch) {
-  run_block<NeonOps>(a, b, h, qb, reverse, scratch);
+void block_neon(const Args& a, int64_t b, const Item* items, int n, bool reverse, float* scratch) {
+  run_items<NeonOps>(a, b, items, n, reverse, scratch);
 }
 
 }  // namespace sparseops::attn

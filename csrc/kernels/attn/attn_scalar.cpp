@@ -3,8 +3,8 @@
 
 namespace sparseops::attn {
 
-void block_scalar(const Args& a, int64_t b, int64_t h, int64_t qb, bool reverse, float* scratch) {
-  run_block<GenericOps>(a, b, h, qb, reverse, scratch);
+void block_scalar(const Args& a, int64_t b, const Item* items, int n, bool reverse, float* scratch) {
+  run_items<GenericOps>(a, b, items, n, reverse, scratch);
 }
 
 }  // namespace sparseops::attn
