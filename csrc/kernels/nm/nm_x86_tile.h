@@ -460,11 +460,17 @@ static void sparse_panel(const LinearArgs& a, const Geo& g, int64_t o_begin, int
         for (int q = 0; q < NV; ++q) acc[(rows[r] - o_begin) * NV + q] = va[r][q];
     }
   }
-  for (int64_t o = o_begin; o < o_end; ++o) {
-    float lanes[MP];
-    std::memcpy(lanes, acc.data() + (o - o_begin) * NV, sizeof lanes);
-    const float b = a.bias ? elem_to_f32(D, a.bias, o) : 0.0f;
-    for (int i = 0; i < mp; ++i) store_out(D, a.y, (p0 + i) * a.ldy + o, lanes[i] + b);
+  // y is [M, O]: an output row's MP sums belong to MP rows of y, ldy apart (one L1 set when ldy * 4 is a multiple
+  // of 4 KiB). Written in runs of OR along O instead, from acc read across rows.
+  constexpr int OR = 64;
+  const float* lanes = reinterpret_cast<const float*>(acc.data());  // [O][MP]
+  for (int64_t o0 = o_begin; o0 < o_end; o0 += OR) {
+    const int n = static_cast<int>(std::min<int64_t>(OR, o_end - o0));
+    float b[OR];
+    for (int j = 0; j < n; ++j) b[j] = a.bias ? elem_to_f32(D, a.bias, o0 + j) : 0.0f;
+    const float* l0 = lanes + (o0 - o_begin) * MP;
+    for (int i = 0; i < mp; ++i)
+      for (int j = 0; j < n; ++j) store_out(D, a.y, (p0 + i) * a.ldy + o0 + j, l0[j * MP + i] + b[j]);
   }
 }
 
