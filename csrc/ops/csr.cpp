@@ -1,4 +1,4 @@
-// ATen glue for CSR weights (format "csr" v2, csrc/kernels/csr/csr.h): checks, B packing, threading
+// ATen glue for CSR weights (format "csr" v1, csrc/kernels/csr/csr.h): checks, B packing, threading
 // balanced by entries, ISA dispatch, the dense-tile GEMM at large M and density, and the dense recomputation of
 // non-finite inputs.
 #include <ATen/ATen.h>
@@ -21,16 +21,13 @@ csr::DType csr_dtype(const at::Tensor& t, const char* what) {
   return static_cast<csr::DType>(static_cast<int>(kernel_dtype(t, what)));
 }
 
-// O: pointers - 1 (rows, or rows x chunks of a chunk-major weight: then positions are reported, not rows).
-void fail_problem(csr::Problem p, int64_t where, int64_t O, int64_t nnz, int64_t K, const char* who,
-                  bool segmented = false) {
-  const char* unit = segmented ? "position " : "row ";
+void fail_problem(csr::Problem p, int64_t where, int64_t O, int64_t nnz, int64_t K, const char* who) {
   switch (p) {
     case csr::kFirstNotZero: TORCH_CHECK(false, who, ": malformed CSR: row pointers must start at 0");
     case csr::kDecreasing:
-      TORCH_CHECK(false, who, ": malformed CSR: row pointers decrease at ", unit, where, " (must be non-decreasing)");
+      TORCH_CHECK(false, who, ": malformed CSR: row pointers decrease at row ", where, " (must be non-decreasing)");
     case csr::kLastNotNnz:
-      TORCH_CHECK(false, who, ": malformed CSR: the last row pointer (", unit, O, ") must equal nnz=", nnz);
+      TORCH_CHECK(false, who, ": malformed CSR: the last row pointer (row ", O, ") must equal nnz=", nnz);
     case csr::kColOutOfRange:
       TORCH_CHECK(false, who, ": malformed CSR: column index of entry ", where, " is outside [0, ", K, ")");
     default: return;
@@ -57,20 +54,20 @@ void check_weight(const at::Tensor& row_ptr, const at::Tensor& cols, const at::T
               values.device());
 }
 
-void check_row_ptr(const at::Tensor& row_ptr, int64_t nnz, int64_t nseg, const char* who) {
+void check_row_ptr(const at::Tensor& row_ptr, int64_t nnz, const char* who) {
   int64_t where = 0;
   const int64_t O = row_ptr.numel() - 1;
   const csr::Problem p = csr::validate_row_ptr(row_ptr.data_ptr<int64_t>(), O, nnz, &where);
-  fail_problem(p, where, O, nnz, -1, who, nseg > 1);
+  fail_problem(p, where, O, nnz, -1, who);
 }
 
 // The decoder's view of a CSR weight (cols int16 holding uint16, or int32).
 csr::SpmmArgs weight_args(const at::Tensor& row_ptr, const at::Tensor& cols, const at::Tensor& values, int64_t K,
-                          int64_t nseg, const char* who) {
+                          const char* who) {
   csr::SpmmArgs a{};
   a.dtype = csr_dtype(values, who);
   a.index = cols.scalar_type() == at::kShort ? csr::Index::u16 : csr::Index::i32;
-  a.O = (row_ptr.numel() - 1) / nseg; a.K = K; a.nseg = nseg;
+  a.O = row_ptr.numel() - 1; a.K = K;
   a.row_ptr = row_ptr.data_ptr<int64_t>();
   a.cols = cols.data_ptr(); a.values = values.data_ptr();
   return a;
@@ -82,8 +79,8 @@ void check_columns(int64_t bad, int64_t K, const char* who) {
 
 // Dense [O, K] in values' dtype (entries with the same column add up, as torch's to_dense does).
 at::Tensor dense_weight(const at::Tensor& row_ptr, const at::Tensor& cols, const at::Tensor& values, int64_t K,
-                        int64_t nseg, const char* who) {
-  const csr::SpmmArgs a = weight_args(row_ptr, cols, values, K, nseg, who);
+                        const char* who) {
+  const csr::SpmmArgs a = weight_args(row_ptr, cols, values, K, who);
   at::Tensor dense = empty_output({a.O, K}, values.options());
   std::atomic<int64_t> bad{-1};
   at::parallel_for(0, a.O, 64, [&](int64_t b, int64_t e) {
@@ -101,9 +98,9 @@ at::Tensor dense_weight(const at::Tensor& row_ptr, const at::Tensor& cols, const
 // out = A @ B (+ bias) for B given as (k, j) -> src + k*sk + j*sj; y element (o, j) at y + o*so + j*sj_out.
 // Returns the columns of B that hold NaN/Inf (the caller recomputes them densely).
 std::vector<int64_t> run_spmm(const at::Tensor& row_ptr, const at::Tensor& cols, const at::Tensor& values,
-                              int64_t nseg, const at::Tensor& bias, int64_t K, const void* src, int64_t sk, int64_t sj,
-                              int64_t N, void* y, int64_t so, int64_t sj_out, const char* who) {
-  const int64_t O = (row_ptr.numel() - 1) / nseg;
+                              const at::Tensor& bias, int64_t K, const void* src, int64_t sk, int64_t sj, int64_t N,
+                              void* y, int64_t so, int64_t sj_out, const char* who) {
+  const int64_t O = row_ptr.numel() - 1;
   const csr::DType dt = csr_dtype(values, who);
   const int64_t ldb = csr::packed_ld(N);
   at::Tensor packed = at::empty({K * ldb}, values.options().dtype(at::kFloat));
@@ -123,16 +120,11 @@ std::vector<int64_t> run_spmm(const at::Tensor& row_ptr, const at::Tensor& cols,
   a.b = b; a.ldb = ldb;
   a.bias = bias.defined() ? bias.data_ptr() : nullptr;
   a.y = y; a.so = so; a.sj = sj_out;
-  a.nseg = nseg;
   const csr::SpmmFn fn = csr::spmm_kernel(current_isa());
   // Parts of about equal entries (rows differ in length); a few per thread so late ones even out.
   const int64_t parts = std::max<int64_t>(1, std::min<int64_t>(O, int64_t(at::get_num_threads()) * 8));
-  std::vector<int64_t> bounds(parts + 1), row_cum;
-  if (nseg > 1) {
-    row_cum.resize(O + 1);
-    csr::row_totals(a.row_ptr, O, nseg, row_cum.data());
-  }
-  csr::balanced_splits(nseg > 1 ? row_cum.data() : a.row_ptr, O, parts, bounds.data());
+  std::vector<int64_t> bounds(parts + 1);
+  csr::balanced_splits(a.row_ptr, O, parts, bounds.data());
   std::atomic<int64_t> bad{-1};
   at::parallel_for(0, parts, 1, [&](int64_t p0, int64_t p1) {
     for (int64_t p = p0; p < p1; ++p) {
@@ -174,19 +166,16 @@ at::Tensor check_bias(const std::optional<at::Tensor>& bias_in, int64_t O, const
 }
 
 at::Tensor csr_linear_cpu(const at::Tensor& x, const at::Tensor& row_ptr_in, const at::Tensor& cols_in,
-                          const at::Tensor& values_in, int64_t K, const std::optional<at::Tensor>& bias_in,
-                          int64_t nseg) {
+                          const at::Tensor& values_in, int64_t K, const std::optional<at::Tensor>& bias_in) {
   const char* who = "sparseops.csr.linear";
   check_weight(row_ptr_in, cols_in, values_in, K, who);
-  TORCH_CHECK(nseg >= 1 && (row_ptr_in.numel() - 1) % nseg == 0, who, ": row_ptr has ", row_ptr_in.numel(),
-              " entries, which is not segments * out_features + 1 for segments=", nseg);
   TORCH_CHECK(x.device().is_cpu(), who, ": the CPU kernel got x on ", x.device());
   TORCH_CHECK(x.dim() >= 1 && x.size(-1) == K, who, ": x has shape ", x.sizes(), " but the weight has in_features=", K);
   TORCH_CHECK(x.scalar_type() == values_in.scalar_type(), who, ": x is ", x.scalar_type(), " but the weight is ",
               values_in.scalar_type(), " (cast one of them)");
   at::Tensor row_ptr = row_ptr_in.contiguous(), cols = cols_in.contiguous(), values = values_in.contiguous();
-  const int64_t O = (row_ptr.numel() - 1) / nseg, nnz = cols.numel();
-  check_row_ptr(row_ptr, nnz, nseg, who);
+  const int64_t O = row_ptr.numel() - 1, nnz = cols.numel();
+  check_row_ptr(row_ptr, nnz, who);
   at::Tensor bias = check_bias(bias_in, O, x, who);
   at::Tensor x2 = x.reshape({-1, K});
   const int64_t M = x2.size(0);
@@ -203,18 +192,18 @@ at::Tensor csr_linear_cpu(const at::Tensor& x, const at::Tensor& row_ptr_in, con
     return y.view(out_shape);
   }
   if (use_dense_tiles(M, O, K, nnz, csr_dtype(values, who))) {
-    const csr::SpmmArgs a = weight_args(row_ptr, cols, values, K, nseg, who);
+    const csr::SpmmArgs a = weight_args(row_ptr, cols, values, K, who);
     check_columns(dense_tile_gemm(x2, bias, values, O, K, y,
                                   [&](void* dst, int64_t b, int64_t e) { return csr::decompress_rows(a, dst, K, b, e); }),
                   K, who);
     return y.view(out_shape);
   }
   // B = x^T: element (k, i) at x2 + k * stride(1) + i * stride(0); y element (o, i) at y + o + i * O.
-  std::vector<int64_t> bad = run_spmm(row_ptr, cols, values, nseg, bias, K, x2.data_ptr(), x2.stride(1),
-                                      x2.stride(0), M, y.data_ptr(), 1, O, who);
+  std::vector<int64_t> bad = run_spmm(row_ptr, cols, values, bias, K, x2.data_ptr(), x2.stride(1), x2.stride(0), M,
+                                      y.data_ptr(), 1, O, who);
   if (!bad.empty()) {
     at::Tensor idx = at::tensor(bad, at::kLong);
-    at::Tensor w = dense_weight(row_ptr, cols, values, K, nseg, who);
+    at::Tensor w = dense_weight(row_ptr, cols, values, K, who);
     at::Tensor yb = at::matmul(x2.index_select(0, idx).to(at::kFloat), w.to(at::kFloat).t());
     if (bias.defined()) yb = yb + bias.to(at::kFloat);
     y.index_copy_(0, idx, yb.to(x.scalar_type()));
@@ -257,11 +246,11 @@ at::Tensor csr_spmm_cpu(const at::Tensor& crow_in, const at::Tensor& col_in, con
   }
   TORCH_CHECK(K <= std::numeric_limits<int32_t>::max(), who, ": more than 2^31 columns is not supported");
   if (col.scalar_type() == at::kLong) col = col.to(at::kInt);  // validated < K <= INT32_MAX: narrowing is exact
-  std::vector<int64_t> bad = run_spmm(row_ptr, col, values, 1, at::Tensor(), K, b.data_ptr(), b.stride(0),
-                                      b.stride(1), N, out.data_ptr(), N, 1, who);
+  std::vector<int64_t> bad = run_spmm(row_ptr, col, values, at::Tensor(), K, b.data_ptr(), b.stride(0), b.stride(1),
+                                      N, out.data_ptr(), N, 1, who);
   if (!bad.empty()) {
     at::Tensor idx = at::tensor(bad, at::kLong);
-    at::Tensor w = dense_weight(row_ptr, col, values, K, 1, who).to(at::kFloat);
+    at::Tensor w = dense_weight(row_ptr, col, values, K, who).to(at::kFloat);
     out.index_copy_(1, idx, at::matmul(w, b.index_select(1, idx).to(at::kFloat)).to(b.scalar_type()));
   }
   return out;

@@ -7,11 +7,9 @@ TORCH_LIBRARY(sparseops, m) {
   m.def("nm_linear(Tensor x, Tensor values, Tensor mask, int n, int m, int in_features, Tensor? bias=None) -> Tensor");
   m.def("nm_decompress(Tensor values, Tensor mask, int n, int m, int in_features) -> Tensor");
   m.def("nm_validate(Tensor values, Tensor mask, int n, int m, int in_features) -> ()");
-  // Unstructured CSR weights, format "csr" v2 (csrc/kernels/csr/csr.h). csr_linear: y = x @ W^T + bias with
-  // W given by row_ptr int64 [segments * O + 1] (chunk-major segment pointers; segments=1 is plain CSR), cols
-  // int16 (uint16 bits) or int32, values; csr_spmm: torch CSR a @ b.
-  m.def("csr_linear(Tensor x, Tensor row_ptr, Tensor cols, Tensor values, int in_features, Tensor? bias=None, "
-        "int segments=1) -> Tensor");
+  // Unstructured CSR weights, format "csr" v1 (csrc/kernels/csr/csr.h). csr_linear: y = x @ W^T + bias with
+  // W given by row_ptr int64 [O+1], cols int16 (uint16 bits) or int32, values; csr_spmm: torch CSR a @ b.
+  m.def("csr_linear(Tensor x, Tensor row_ptr, Tensor cols, Tensor values, int in_features, Tensor? bias=None) -> Tensor");
   m.def("csr_spmm(Tensor crow_indices, Tensor col_indices, Tensor values, int ncols, Tensor b) -> Tensor");
   m.def("csr_validate(Tensor row_ptr, Tensor cols, Tensor values, int in_features) -> ()");
   // Bitmap KV cache, format "kv-bitmap" v1 (csrc/kernels/kv/kv.h).

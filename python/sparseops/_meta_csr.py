@@ -21,17 +21,14 @@ def _check_weight(row_ptr, cols, values, K):
 
 
 @torch.library.register_fake("sparseops::csr_linear")
-def _csr_linear_fake(x, row_ptr, cols, values, in_features, bias=None, segments=1):
+def _csr_linear_fake(x, row_ptr, cols, values, in_features, bias=None):
     _check_weight(row_ptr, cols, values, in_features)
-    torch._check(segments >= 1 and (row_ptr.shape[0] - 1) % segments == 0,
-                 lambda: f"sparseops.csr.linear: row_ptr has {row_ptr.shape[0]} entries, which is not segments * "
-                         f"out_features + 1 for segments={segments}")
     torch._check(x.dim() >= 1 and x.shape[-1] == in_features,
                  lambda: f"sparseops.csr.linear: x has shape {tuple(x.shape)} but the weight has "
                          f"in_features={in_features}")
     torch._check(x.dtype == values.dtype,
                  lambda: f"sparseops.csr.linear: x is {x.dtype} but the weight is {values.dtype} (cast one of them)")
-    O = (row_ptr.shape[0] - 1) // segments
+    O = row_ptr.shape[0] - 1
     if bias is not None:
         torch._check(bias.dim() == 1 and bias.shape[0] == O,
                      lambda: f"sparseops.csr.linear: bias has shape {tuple(bias.shape)}, expected [{O}]")
@@ -57,10 +54,9 @@ def _csr_validate_fake(row_ptr, cols, values, in_features):
 
 
 def _setup(ctx, inputs, output):
-    x, row_ptr, cols, values, in_features, bias, *rest = inputs
+    x, row_ptr, cols, values, in_features, bias = inputs
     ctx.save_for_backward(row_ptr, cols, values)
     ctx.K = in_features
-    ctx.segments = rest[0] if rest else 1
     ctx.has_bias = bias is not None
 
 
@@ -70,11 +66,11 @@ def _backward(ctx, grad):
     row_ptr, cols, values = ctx.saved_tensors
     grad_x = grad_bias = None
     if ctx.needs_input_grad[0]:
-        w = CSRWeight(row_ptr, cols, values, ((row_ptr.numel() - 1) // ctx.segments, ctx.K), _trusted=True)
+        w = CSRWeight(row_ptr, cols, values, (row_ptr.numel() - 1, ctx.K), _trusted=True)
         grad_x = grad @ w.to_dense()
     if ctx.has_bias and ctx.needs_input_grad[5]:
         grad_bias = grad.reshape(-1, grad.shape[-1]).sum(0)
-    return grad_x, None, None, None, None, grad_bias, None
+    return grad_x, None, None, None, None, grad_bias
 
 
 torch.library.register_autograd("sparseops::csr_linear", _backward, setup_context=_setup)

@@ -220,10 +220,9 @@ def _parse_meta(meta, prefix: str, where: str):
     if cls is None:
         known = {k: v.name for k, v in _FORMATS.items()}
         raise ValueError(f"{where}: layer {prefix!r}: unknown sparse format id {fid} (this sparseops knows {known})")
-    readable = getattr(cls, "reads_versions", (cls.version,))
-    if version not in readable:
+    if version != cls.version:
         raise ValueError(f"{where}: layer {prefix!r}: {cls.name} format version {version}, but this sparseops "
-                         f"reads versions {list(readable)}")
+                         f"reads version {cls.version}")
     if out_f <= 0 or in_f <= 0:
         raise ValueError(f"{where}: layer {prefix!r}: sparse_meta has shape [{out_f}, {in_f}]")
     if cls is NMFormat:

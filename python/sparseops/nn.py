@@ -82,7 +82,7 @@ class NMFormat:
         return {"values": ((out_features, in_features // self.m * self.n), dtype),
                 "mask": ((out_features, (in_features + 7) // 8), torch.uint8)}
 
-    def weight(self, bufs: dict, out_features: int, in_features: int) -> nm.NMWeight:
+    def weight(self, bufs: dict, in_features: int) -> nm.NMWeight:
         return nm.NMWeight(bufs["values"], bufs["mask"], self.n, self.m, in_features, _trusted=True)
 
     def validate(self, bufs: dict, out_features: int, in_features: int) -> None:
@@ -92,19 +92,16 @@ class NMFormat:
                              f"{in_features // self.m * self.n}]")
         nm.validate(values, mask, self.n, self.m, in_features)
 
-    def forward(self, x, bufs: dict, out_features: int, in_features: int, bias):
+    def forward(self, x, bufs: dict, in_features: int, bias):
         return nm._linear(x, bufs["values"], bufs["mask"], self.n, self.m, in_features, bias)
 
 
 class CSRFormat:
-    """The "csr" v2 layout (csrc/kernels/csr/csr.h) as seen by SparseLinear: unstructured, pruned per row. The
-    number of column chunks comes with the stored row_ptr ([segments * out + 1]); version 1 files (one
-    segment) load as they are."""
+    """The "csr" v1 layout (csrc/kernels/csr/csr.h) as seen by SparseLinear: unstructured, pruned per row."""
 
     format_id = 2
     name = csr.FORMAT_NAME
     version = csr.FORMAT_VERSION
-    reads_versions = csr.READS_VERSIONS
     buffers = ("row_ptr", "cols", "values")
     variable_size = True  # nnz is the checkpoint's
     param_names = ("unused0", "unused1")
@@ -134,20 +131,18 @@ class CSRFormat:
         cols = torch.int16 if in_features <= csr._U16_MAX_COLS else torch.int32
         return {"row_ptr": ((out_features + 1,), torch.int64), "cols": ((0,), cols), "values": ((0,), dtype)}
 
-    def weight(self, bufs: dict, out_features: int, in_features: int) -> csr.CSRWeight:
-        return csr.CSRWeight(bufs["row_ptr"], bufs["cols"], bufs["values"], (out_features, in_features),
-                             _trusted=True)
+    def weight(self, bufs: dict, in_features: int) -> csr.CSRWeight:
+        O = bufs["row_ptr"].numel() - 1
+        return csr.CSRWeight(bufs["row_ptr"], bufs["cols"], bufs["values"], (O, in_features), _trusted=True)
 
     def validate(self, bufs: dict, out_features: int, in_features: int) -> None:
         rp = bufs["row_ptr"]
-        if rp.dim() != 1 or rp.numel() < out_features + 1 or (rp.numel() - 1) % out_features:
-            raise ValueError(f"row_ptr has shape {tuple(rp.shape)}, expected [segments * {out_features} + 1]")
+        if rp.dim() != 1 or rp.numel() != out_features + 1:
+            raise ValueError(f"row_ptr has shape {tuple(rp.shape)}, expected [{out_features + 1}]")
         csr.CSRWeight(bufs["row_ptr"], bufs["cols"], bufs["values"], (out_features, in_features))
 
-    def forward(self, x, bufs: dict, out_features: int, in_features: int, bias):
-        segments = (bufs["row_ptr"].numel() - 1) // out_features
-        return torch.ops.sparseops.csr_linear(x, bufs["row_ptr"], bufs["cols"], bufs["values"], in_features, bias,
-                                              segments)
+    def forward(self, x, bufs: dict, in_features: int, bias):
+        return torch.ops.sparseops.csr_linear(x, bufs["row_ptr"], bufs["cols"], bufs["values"], in_features, bias)
 
 
 _FORMATS = {NMFormat.format_id: NMFormat, CSRFormat.format_id: CSRFormat}
@@ -240,7 +235,7 @@ class SparseLinear(nn.Module):
     @property
     def compressed_weight(self):
         """The weight as its format's object: an nm.NMWeight or a csr.CSRWeight."""
-        return self.format.weight(self._bufs(), self.out_features, self.in_features)
+        return self.format.weight(self._bufs(), self.in_features)
 
     @property
     def nm_weight(self) -> nm.NMWeight:
@@ -270,7 +265,7 @@ class SparseLinear(nn.Module):
         return lin
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.format.forward(x, self._bufs(), self.out_features, self.in_features, self.bias)
+        return self.format.forward(x, self._bufs(), self.in_features, self.bias)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
@@ -325,14 +320,11 @@ class SparseLinear(nn.Module):
             error_msgs.append(f"{where}: unknown sparse format id {fid} (this sparseops knows "
                               f"{ {k: v.name for k, v in _FORMATS.items()} })")
             return False
-        readable = getattr(fmt_cls, "reads_versions", (fmt_cls.version,))
-        if version not in readable:
+        if version != fmt_cls.version:
             error_msgs.append(f"{where}: checkpoint uses {fmt_cls.name} format version {version}, but this "
-                              f"sparseops reads versions {list(readable)}")
+                              f"sparseops reads version {fmt_cls.version}")
             return False
         expected = self.format.meta(self.out_features, self.in_features).tolist()
-        if fmt_cls is type(self.format):
-            expected[1] = version  # an older version this format still reads
         if vals != expected:
             def named(v, f):
                 return dict(zip(["format id", "version", *f.param_names, "out_features", "in_features"], v))

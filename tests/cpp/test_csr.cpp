@@ -1,6 +1,5 @@
 // CSR kernels of every available ISA vs a float64 reference: GEMV and tile paths, both index widths,
-// row-major and chunk-major (nseg > 1) entry orders, empty rows, odd shapes, strided outputs, and out-of-range
-// column indices (flagged, never read).
+// empty rows, odd shapes, strided outputs, and out-of-range column indices (flagged, never read).
 #include <cmath>
 #include <utility>
 #include <limits>
@@ -12,44 +11,37 @@
 namespace sparseops::test {
 namespace {
 
-// Random CSR stored chunk-major with nseg segments per row (nseg == 1: plain row-major CSR).
 struct Csr {
-  int64_t O, K, nseg;
+  int64_t O, K;
   std::vector<int64_t> row_ptr;
   std::vector<uint16_t> c16;
   std::vector<int32_t> c32;
   Buf values, dense;
-  Csr(DType d, int64_t O_, int64_t K_, double density, std::mt19937& rng, int64_t nseg_ = 1)
-      : O(O_), K(K_), nseg(nseg_), row_ptr(1, 0), values(d, 0), dense(d, static_cast<size_t>(O_ * K_)) {
+  Csr(DType d, int64_t O_, int64_t K_, double density, std::mt19937& rng)
+      : O(O_), K(K_), row_ptr(1, 0), values(d, 0), dense(d, static_cast<size_t>(O_ * K_)) {
     std::uniform_real_distribution<double> u(0, 1);
     std::uniform_real_distribution<float> w(-1, 1);
-    std::vector<std::vector<std::pair<int32_t, float>>> rows(O);
+    std::vector<float> vals;
     for (int64_t o = 0; o < O; ++o) {
       const bool empty = o % 5 == 3;  // every fifth row empty
-      for (int64_t k = 0; k < K; ++k)
-        if (!empty && u(rng) < density) rows[o].push_back({static_cast<int32_t>(k), w(rng)});
-    }
-    const int64_t chunk = (K + nseg - 1) / nseg;
-    std::vector<float> vals;
-    for (int64_t s = 0; s < nseg; ++s)
-      for (int64_t o = 0; o < O; ++o) {
-        for (const auto& [k, v] : rows[o]) {
-          if (k / chunk != s) continue;
-          c16.push_back(static_cast<uint16_t>(k));
-          c32.push_back(k);
-          vals.push_back(v);
-          dense.set(o * K + k, v);
-        }
-        row_ptr.push_back(static_cast<int64_t>(vals.size()));
+      for (int64_t k = 0; k < K; ++k) {
+        if (empty || u(rng) >= density) continue;
+        c16.push_back(static_cast<uint16_t>(k));
+        c32.push_back(static_cast<int32_t>(k));
+        vals.push_back(w(rng));
       }
+      row_ptr.push_back(static_cast<int64_t>(vals.size()));
+    }
     values = Buf(d, vals.size());
     for (size_t i = 0; i < vals.size(); ++i) values.set(i, vals[i]);
+    for (int64_t o = 0; o < O; ++o)
+      for (int64_t j = row_ptr[o]; j < row_ptr[o + 1]; ++j) dense.set(o * K + c32[j], values.get(j));
   }
 };
 
 void run_case(Harness& h, Isa isa, DType d, int64_t O, int64_t K, int64_t M, double density, csr::Index index,
-              std::mt19937& rng, int64_t nseg = 1) {
-  Csr w(d, O, K, density, rng, nseg);
+              std::mt19937& rng) {
+  Csr w(d, O, K, density, rng);
   Buf x(d, static_cast<size_t>(M * K)), bias(d, O);
   fill_uniform(x, rng);
   fill_uniform(bias, rng);
@@ -70,7 +62,6 @@ void run_case(Harness& h, Isa isa, DType d, int64_t O, int64_t K, int64_t M, dou
   a.b = b.data(); a.ldb = ldb;
   a.bias = bias.data();
   a.y = y.data(); a.so = 1; a.sj = ldy;
-  a.nseg = nseg;
   const csr::SpmmFn fn = csr::spmm_kernel(isa);
   const int64_t r0 = fn(a, 0, O / 3), r1 = fn(a, O / 3, O);
   std::vector<double> ref, scale;
@@ -80,9 +71,8 @@ void run_case(Harness& h, Isa isa, DType d, int64_t O, int64_t K, int64_t M, dou
     for (int64_t o = 0; o < O; ++o) bad += !close(y.get(i * ldy + o), ref[i * O + o], scale[i * O + o], d, K);
   int nf = 0;
   for (uint8_t f : nonfinite) nf += f;
-  h.check(r0 < 0 && r1 < 0 && bad == 0 && nf == 0,
-          "csr %s %s idx=%d O=%lld K=%lld M=%lld density=%.2f nseg=%lld: %d bad, ret %lld/%lld", isa_name(isa),
-          dtype_name(d), int(index), (long long)O, (long long)K, (long long)M, density, (long long)nseg, bad,
+  h.check(r0 < 0 && r1 < 0 && bad == 0 && nf == 0, "csr %s %s idx=%d O=%lld K=%lld M=%lld density=%.2f: %d bad, ret %lld/%lld",
+          isa_name(isa), dtype_name(d), int(index), (long long)O, (long long)K, (long long)M, density, bad,
           (long long)r0, (long long)r1);
 
   // decompress_rows: bit-exact dense rows (a middle range, strided), before the index is corrupted below.
@@ -98,10 +88,10 @@ void run_case(Harness& h, Isa isa, DType d, int64_t O, int64_t K, int64_t M, dou
   }
 
   // A column index >= K in one row: that row is reported, and nothing is read out of bounds (ASan).
-  if (w.row_ptr[nseg * O] > 0) {
-    int64_t seg = 0;  // the first non-empty segment
-    while (w.row_ptr[seg + 1] == w.row_ptr[seg]) ++seg;
-    const int64_t victim = seg % O, e = w.row_ptr[seg + 1] - 1;
+  if (w.row_ptr[O] > 0) {
+    int64_t victim = 0;
+    while (w.row_ptr[victim + 1] == w.row_ptr[victim]) ++victim;
+    const int64_t e = w.row_ptr[victim + 1] - 1;
     w.c16[e] = static_cast<uint16_t>(K <= 65535 ? K : 65535);
     w.c32[e] = index == csr::Index::i32 && (e & 1) ? -7 : static_cast<int32_t>(K + 100000);
     const int64_t r = fn(a, 0, O);
@@ -115,7 +105,7 @@ void run_case(Harness& h, Isa isa, DType d, int64_t O, int64_t K, int64_t M, dou
               dtype_name(d), int(index), (long long)victim, (long long)rd);
     }
     // The same at the row's first entry, which long rows read in whole blocks of 16 (not the tail path).
-    const int64_t f = w.row_ptr[seg];
+    const int64_t f = w.row_ptr[victim];
     if (f != e) {
       std::swap(w.c16[f], w.c16[e]);
       std::swap(w.c32[f], w.c32[e]);
@@ -138,9 +128,6 @@ void test_csr(Harness& h) {
           run_case(h, isa, d, 9, 301, M, 0.1, index, rng);
         }
         run_case(h, isa, d, 40, 1000, 1, 0.5, index, rng);
-        for (int64_t M : {1, 3, 16, 33})  // chunk-major: 300 rows (groups of 64 and 256 with a tail), 5 chunks
-          run_case(h, isa, d, 300, 203, M, 0.2, index, rng, 5);
-        run_case(h, isa, d, 11, 40, 9, 0.5, index, rng, 40);  // one column per chunk
         run_case(h, isa, d, 7, 1, 3, 0.9, index, rng);
       }
     }

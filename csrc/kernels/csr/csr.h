@@ -1,20 +1,16 @@
 // Unstructured sparse weights in CSR, torch-free kernel tier.
 //
-// Format "csr" version 2 (in-memory and state_dict layout of sparseops.csr.CSRWeight):
-//   dense W [O, K] (O rows = out_features, K columns = in_features), its columns cut into S chunks of
-//   C = ceil(K / S) columns (S >= 1 "segments" per row; S == 1 is plain CSR, which is all version 1 had).
-//   row_ptr [S * O + 1] int64: segment (s, o) -- row o's entries in chunk s -- is
-//                          [row_ptr[s * O + o], row_ptr[s * O + o + 1]); row_ptr[0] == 0, non-decreasing,
-//                          row_ptr[S * O] == nnz. So entries are stored chunk-major: every row's entries in
-//                          chunk 0, then every row's in chunk 1, ...: the M > 1 kernel then walks all rows
-//                          over one chunk's slice of B while it stays in L1/L2 (bench/probes/csr_layout.cpp).
+// Format "csr" version 1 (in-memory and state_dict layout of sparseops.csr.CSRWeight):
+//   dense W [O, K] (O rows = out_features, K columns = in_features).
+//   row_ptr [O + 1] int64: row o's entries are [row_ptr[o], row_ptr[o + 1]); row_ptr[0] == 0,
+//                          non-decreasing, row_ptr[O] == nnz.
 //   cols    [nnz] column of each entry, in [0, K). uint16 (stored as int16 bits) when K <= 65536,
 //                 else int32: 2 bytes of index per kept value for every layer shape in today's LLMs.
-//                 sparseops.csr.compress writes ascending columns inside chunk s's range [s*C, (s+1)*C);
-//                 kernels only need them in [0, K) (any segment, any order; duplicates add up, as in torch).
+//                 sparseops.csr.compress writes ascending columns; kernels only need them in range
+//                 (duplicates add up, as in torch).
 //   values  [nnz] float32, bfloat16 or float16, the kept entries (explicit zeros allowed).
 // Rows keep their natural order (no reordering): the caller balances threads by entries, not rows.
-// spmm reads torch's own CSR (S == 1) after validate() (int64 column indices are narrowed to int32 first).
+// spmm reads torch's own CSR after validate() (int64 column indices are narrowed to int32 first).
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -35,7 +31,7 @@ struct SpmmArgs {
   DType dtype;              // values, bias and y
   Index index;              // cols
   int64_t O, K, N;          // A [O, K] sparse times B [K, N]
-  const int64_t* row_ptr;   // [nseg * O + 1] segment pointers, validated (monotone, row_ptr[nseg * O] == nnz)
+  const int64_t* row_ptr;   // [O + 1], validated (monotone, row_ptr[O] == nnz)
   const void* cols;         // [nnz], may be untrusted: every variant checks each index against K
   const void* values;       // [nnz]
   const float* b;           // packed (see above)
@@ -43,7 +39,6 @@ struct SpmmArgs {
   const void* bias;         // [O] or nullptr: added to every output column
   void* y;                  // y[o * so + j * sj]
   int64_t so, sj;
-  int64_t nseg = 1;         // segments (column chunks) per row, see the format above
 };
 
 // Rows [o_begin, o_end) of y = A @ B (+ bias), fp32 accumulation, one rounding. N == 1 takes the
@@ -74,18 +69,15 @@ Problem validate_row_ptr(const int64_t* row_ptr, int64_t O, int64_t nnz, int64_t
 Problem validate(const int64_t* row_ptr, int64_t O, const void* cols, bool i64, int64_t nnz, int64_t K,
                  int64_t* where);
 
+// Splits rows [0, O) into `parts` ranges of about equal cost (entries + kRowCost per row):
+// bounds[0] = 0, bounds[parts] = O, non-decreasing.
 // Rows [o_begin, o_end) of the dense [O, K] weight in the values' dtype, row o at dense + (o - o_begin) * ld
-// elements (repeated columns add up in fp32, as torch's to_dense does). Reads a.dtype, index, O, K, nseg, row_ptr,
-// cols, values only. cols may be untrusted: returns -1, or the first row holding a column outside [0, K) (its
+// elements (repeated columns add up in fp32, as torch's to_dense does). Reads a.dtype, index, K, row_ptr, cols,
+// values only. cols may be untrusted: returns -1, or the first row holding a column outside [0, K) (its
 // dense row is then unspecified). Used by to_dense and by the glue's dense-math path at large M.
 int64_t decompress_rows(const SpmmArgs& a, void* dense, int64_t ld, int64_t o_begin, int64_t o_end);
 
 constexpr int64_t kRowCost = 8;
-// row_cum[o] = entries of rows [0, o) summed over the nseg segments (row_cum has O + 1 elements), so a
-// chunk-major weight can be split with balanced_splits.
-void row_totals(const int64_t* seg_ptr, int64_t O, int64_t nseg, int64_t* row_cum);
-// Splits rows [0, O) into `parts` ranges of about equal cost (entries + kRowCost per row):
-// bounds[0] = 0, bounds[parts] = O, non-decreasing.
 void balanced_splits(const int64_t* row_ptr, int64_t O, int64_t parts, int64_t* bounds);
 
 }  // namespace sparseops::csr

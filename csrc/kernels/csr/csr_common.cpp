@@ -22,10 +22,11 @@ SpmmFn spmm_kernel(Isa isa) {
   }
 }
 
-// Scatters one segment's value bits; false if a column is out of range or not strictly increasing (prev: the
-// row's last column so far), then the caller checks the range and, for repeated columns, adds them up.
+// Scatters one row's value bits; false if a column is out of range or not strictly increasing (then the caller
+// checks the range and, for repeated columns, adds them up).
 template <class C, class V>
-static bool scatter_row(const C* cols, const V* vals, int64_t e0, int64_t e1, int64_t K, V* d, int64_t& prev) {
+static bool scatter_row(const C* cols, const V* vals, int64_t e0, int64_t e1, int64_t K, V* d) {
+  int64_t prev = -1;
   for (int64_t e = e0; e < e1; ++e) {
     const int64_t c = static_cast<int64_t>(cols[e]);
     if (c <= prev || c >= K) return false;
@@ -35,44 +36,39 @@ static bool scatter_row(const C* cols, const V* vals, int64_t e0, int64_t e1, in
   return true;
 }
 
-template <class C, class V>
-static bool scatter_segments(const SpmmArgs& a, int64_t o, V* d) {
-  int64_t prev = -1;
-  for (int64_t s = 0; s < a.nseg; ++s) {
-    const int64_t* p = a.row_ptr + s * a.O;
-    if (!scatter_row(static_cast<const C*>(a.cols), static_cast<const V*>(a.values), p[o], p[o + 1], a.K, d, prev))
-      return false;
-  }
-  return true;
-}
-
 int64_t decompress_rows(const SpmmArgs& a, void* dense, int64_t ld, int64_t o_begin, int64_t o_end) {
   const size_t es = a.dtype == DType::f32 ? 4 : 2;
   std::vector<float> acc;  // only for rows with repeated or unsorted columns
-  auto col = [&](int64_t e) -> int64_t {
-    return a.index == Index::u16 ? static_cast<const uint16_t*>(a.cols)[e] : static_cast<const int32_t*>(a.cols)[e];
-  };
   for (int64_t o = o_begin; o < o_end; ++o) {
     char* d = static_cast<char*>(dense) + (o - o_begin) * ld * static_cast<int64_t>(es);
     std::memset(d, 0, static_cast<size_t>(a.K) * es);
     // Fast path: strictly increasing columns (what compress() writes) are a plain scatter of the value bits.
+    const int64_t e0 = a.row_ptr[o], e1 = a.row_ptr[o + 1];
     bool ok = true;
     if (a.index == Index::u16)
-      ok = es == 4 ? scatter_segments<uint16_t>(a, o, reinterpret_cast<uint32_t*>(d))
-                   : scatter_segments<uint16_t>(a, o, reinterpret_cast<uint16_t*>(d));
+      ok = es == 4 ? scatter_row(static_cast<const uint16_t*>(a.cols), static_cast<const uint32_t*>(a.values), e0,
+                                 e1, a.K, reinterpret_cast<uint32_t*>(d))
+                   : scatter_row(static_cast<const uint16_t*>(a.cols), static_cast<const uint16_t*>(a.values), e0,
+                                 e1, a.K, reinterpret_cast<uint16_t*>(d));
     else
-      ok = es == 4 ? scatter_segments<int32_t>(a, o, reinterpret_cast<uint32_t*>(d))
-                   : scatter_segments<int32_t>(a, o, reinterpret_cast<uint16_t*>(d));
+      ok = es == 4 ? scatter_row(static_cast<const int32_t*>(a.cols), static_cast<const uint32_t*>(a.values), e0,
+                                 e1, a.K, reinterpret_cast<uint32_t*>(d))
+                   : scatter_row(static_cast<const int32_t*>(a.cols), static_cast<const uint16_t*>(a.values), e0,
+                                 e1, a.K, reinterpret_cast<uint16_t*>(d));
     if (ok) continue;
-    for (int64_t s = 0; s < a.nseg; ++s)
-      for (int64_t e = a.row_ptr[s * a.O + o]; e < a.row_ptr[s * a.O + o + 1]; ++e)
-        if (col(e) < 0 || col(e) >= a.K) return o;
+    for (int64_t e = e0; e < e1; ++e) {
+      const int64_t c = a.index == Index::u16 ? static_cast<const uint16_t*>(a.cols)[e]
+                                              : static_cast<const int32_t*>(a.cols)[e];
+      if (c < 0 || c >= a.K) return o;
+    }
     acc.assign(static_cast<size_t>(a.K), 0.0f);  // repeated columns add up, in fp32
     const uint16_t* v16 = static_cast<const uint16_t*>(a.values);
-    for (int64_t s = 0; s < a.nseg; ++s)
-      for (int64_t e = a.row_ptr[s * a.O + o]; e < a.row_ptr[s * a.O + o + 1]; ++e)
-        acc[col(e)] += a.dtype == DType::f32 ? static_cast<const float*>(a.values)[e]
-                     : a.dtype == DType::bf16 ? bf16_to_f32(v16[e]) : f16_to_f32(v16[e]);
+    for (int64_t e = a.row_ptr[o]; e < a.row_ptr[o + 1]; ++e) {
+      const int64_t c = a.index == Index::u16 ? static_cast<const uint16_t*>(a.cols)[e]
+                                              : static_cast<const int32_t*>(a.cols)[e];
+      acc[c] += a.dtype == DType::f32 ? static_cast<const float*>(a.values)[e]
+              : a.dtype == DType::bf16 ? bf16_to_f32(v16[e]) : f16_to_f32(v16[e]);
+    }
     for (int64_t k = 0; k < a.K; ++k) {
       if (a.dtype == DType::f32) reinterpret_cast<float*>(d)[k] = acc[k];
       else reinterpret_cast<uint16_t*>(d)[k] = a.dtype == DType::bf16 ? f32_to_bf16(acc[k]) : f32_to_f16(acc[k]);
@@ -157,15 +153,6 @@ Problem validate(const int64_t* row_ptr, int64_t O, const void* cols, bool i64, 
   if (p != kOk) return p;
   return i64 ? validate_cols(static_cast<const int64_t*>(cols), nnz, K, where)
              : validate_cols(static_cast<const int32_t*>(cols), nnz, K, where);
-}
-
-void row_totals(const int64_t* seg_ptr, int64_t O, int64_t nseg, int64_t* row_cum) {
-  row_cum[0] = 0;
-  for (int64_t o = 0; o < O; ++o) {
-    int64_t n = 0;
-    for (int64_t s = 0; s < nseg; ++s) n += seg_ptr[s * O + o + 1] - seg_ptr[s * O + o];
-    row_cum[o + 1] = row_cum[o] + n;
-  }
 }
 
 void balanced_splits(const int64_t* row_ptr, int64_t O, int64_t parts, int64_t* bounds) {

@@ -30,9 +30,7 @@ static inline void store(F16* p, float v) { p->u = f32_to_f16(v); }
 
 // Rows [o0, o1) times columns [j0, j0 + NV*W) of B, in groups of rows whose sums wait in a buffer so that y
 // is written in runs: linear's y is [N, O], where one row's outputs are N far-apart floats (N lines that
-// share one L1 set when O * 4 is a multiple of 4 KiB, so the stores kept missing L1). A chunk-major weight
-// (nseg > 1) walks the group's rows once per chunk, so B's rows of that chunk are reused from L1/L2 by all of
-// them; each later segment's sum is added to the row's buffer.
+// share one L1 set when O * 4 is a multiple of 4 KiB, so the stores kept missing L1).
 template <class Ops, class V, class I, int NV>
 static inline int64_t tile_rows(const SpmmArgs& a, int64_t o0, int64_t o1, int64_t j0) {
   constexpr int T = NV * Ops::W;
@@ -41,30 +39,17 @@ static inline int64_t tile_rows(const SpmmArgs& a, int64_t o0, int64_t o1, int64
   const I* cols = static_cast<const I*>(a.cols);
   const V* bias = static_cast<const V*>(a.bias);
   V* y = static_cast<V*>(a.y);
-  const uint32_t K = static_cast<uint32_t>(a.K);
   const int64_t width = std::min<int64_t>(T, a.N - j0);
   alignas(64) float acc[kGroup * T];
-  alignas(64) float part[T];
   for (int64_t g0 = o0; g0 < o1; g0 += kGroup) {
     const int64_t g1 = std::min(o1, g0 + kGroup);
-    for (int64_t sg = 0; sg < a.nseg; ++sg) {
-      const int64_t* p = a.row_ptr + sg * a.O;
-      for (int64_t o = g0; o < g1; ++o) {
-        const int64_t s = p[o], n = p[o + 1] - s;
-        float* ao = acc + (o - g0) * T;
-        bool bad = false;
-        if (sg == 0) {
-          Ops::template tile<NV>(vals + s, cols + s, n, a.b + j0, a.ldb, K, ao, &bad);  // n == 0 writes zeros
-        } else if (n > 0) {
-          Ops::template tile<NV>(vals + s, cols + s, n, a.b + j0, a.ldb, K, part, &bad);
-          if (!bad)
-            for (int t = 0; t < T; ++t) ao[t] += part[t];
-        }
-        if (bad) return o;
-      }
-    }
-    if (bias) {
-      for (int64_t o = g0; o < g1; ++o) {
+    for (int64_t o = g0; o < g1; ++o) {
+      const int64_t s = a.row_ptr[o], n = a.row_ptr[o + 1] - s;
+      bool bad = false;
+      Ops::template tile<NV>(vals + s, cols + s, n, a.b + j0, a.ldb, static_cast<uint32_t>(a.K), acc + (o - g0) * T,
+                             &bad);
+      if (bad) return o;
+      if (bias) {
         const float bv = to_f32(bias[o]);
         for (int t = 0; t < T; ++t) acc[(o - g0) * T + t] += bv;
       }
@@ -82,36 +67,12 @@ static inline int64_t tile_rows(const SpmmArgs& a, int64_t o0, int64_t o1, int64
   return -1;
 }
 
-// GEMV over a chunk-major weight: row by row, each row's segments summed in turn (nseg read streams).
-template <class Ops, class V, class I>
-static inline int64_t gemv_segments(const SpmmArgs& a, int64_t o0, int64_t o1) {
-  const V* vals = static_cast<const V*>(a.values);
-  const I* cols = static_cast<const I*>(a.cols);
-  const V* bias = static_cast<const V*>(a.bias);
-  V* y = static_cast<V*>(a.y);
-  const uint32_t K = static_cast<uint32_t>(a.K);
-  const int64_t nnz = a.row_ptr[a.nseg * a.O];
-  for (int64_t o = o0; o < o1; ++o) {
-    float acc = 0.f;
-    for (int64_t sg = 0; sg < a.nseg; ++sg) {
-      const int64_t* p = a.row_ptr + sg * a.O;
-      const int64_t s = p[o], n = p[o + 1] - s;
-      bool bad = false;
-      acc += Ops::dot(vals + s, cols + s, n, nnz - s, a.b, K, &bad);
-      if (bad) return o;
-    }
-    store(y + o * a.so, bias ? acc + to_f32(bias[o]) : acc);
-  }
-  return -1;
-}
-
 template <class Ops, class V, class I>
 static inline int64_t run_typed(const SpmmArgs& a, int64_t o0, int64_t o1) {
   const V* vals = static_cast<const V*>(a.values);
   const I* cols = static_cast<const I*>(a.cols);
   const V* bias = static_cast<const V*>(a.bias);
   V* y = static_cast<V*>(a.y);
-  if (a.N == 1 && a.nseg > 1) return gemv_segments<Ops, V, I>(a, o0, o1);
   if (a.N == 1) {
     const int64_t nnz = a.row_ptr[a.O];
     for (int64_t o = o0; o < o1; ++o) {

@@ -36,8 +36,6 @@ def add_arguments(p) -> None:
                    + ",".join(map(str, SPARSITIES)) + ")")
     g.add_argument("--isa", help="run the sparse op under sparseops.use_isa(ISA) (scalar, avx2, avx512, neon)")
     g.add_argument("--no-torch-sparse", action="store_true", help="skip the torch.sparse.mm baseline")
-    g.add_argument("--segments", type=int, help="column chunks per row of the stored weight (1: plain row-major "
-                   "CSR; default: sparseops.csr.compress's choice for the density)")
 
 
 def _dtypes(args) -> list[str]:
@@ -105,7 +103,7 @@ def run(args, h: Harness) -> list[dict]:
             xts = {M: x.t().contiguous() for M, x in xs.items()}
             dense_t = {}
             for s in plan["sparsities"]:
-                cw = csr.compress(csr.prune(w, s), segments=args.segments)
+                cw = csr.compress(csr.prune(w, s))
                 sbytes = cw.nbytes
                 ours = [cw] + [csr.CSRWeight(cw.row_ptr.clone(), cw.cols.clone(), cw.values.clone(), cw.shape,
                                              _trusted=True) for _ in range(h.copies(sbytes) - 1)]
@@ -126,12 +124,12 @@ def run(args, h: Harness) -> list[dict]:
                         isa = sparseops.cpu_isa()
                         err = None
                         if M == plan["ms"][0]:  # never show a wrong op's time
-                            err = _rel_err(op(x, cw.row_ptr, cw.cols, cw.values, K, None, cw.segments), x, cw.to_dense())
+                            err = _rel_err(op(x, cw.row_ptr, cw.cols, cw.values, K, None), x, cw.to_dense())
                             if not err <= (1e-4 if dname == "fp32" else 2e-2):
                                 raise SystemExit(f"sparseops.bench csr: csr_linear {s:g} {dname} {O}x{K} differs from "
                                                  f"the float64 reference: rel. error {err:.3g}")
                         it = itertools.cycle(ours)
-                        st = h.time(lambda: (lambda c: op(x, c.row_ptr, c.cols, c.values, K, None, c.segments))(next(it)))
+                        st = h.time(lambda: (lambda c: op(x, c.row_ptr, c.cols, c.values, K, None))(next(it)))
                     tt = None
                     if theirs is not None:
                         prog.step(f"torch.sparse {s:g} {dname} {O}x{K} M={M}")
@@ -145,7 +143,7 @@ def run(args, h: Harness) -> list[dict]:
                     sr = h.rates(st.median_s, sbytes + io, flops)
                     row = {
                         "sparsity": s, "dtype": dname, "shape": f"{O}x{K}", "out": O, "in": K, "M": M, "isa": isa,
-                        "nnz": cw.nnz, "segments": cw.segments, "cols_dtype": str(cw.cols.dtype).replace("torch.", ""),
+                        "nnz": cw.nnz, "cols_dtype": str(cw.cols.dtype).replace("torch.", ""),
                         "sparse_ms": st.median_ms, "sparse_min_ms": st.min_ms, "sparse_reps": st.reps,
                         "dense_ms": dt_.median_ms, "dense_min_ms": dt_.min_ms,
                         "torch_sparse_ms": tt.median_ms if tt else None,
