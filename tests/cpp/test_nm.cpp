@@ -57,11 +57,11 @@ void test_nm_linear(Harness& h) {
             const int64_t ldx = K + 3, ldy = O + 2;  // strided rows
             Buf x(d, M * ldx), y(d, M * ldy);
             fill_uniform(x, rng);
-            // Non-finite inputs in some cases: row 0 gets +Inf at one column, the last row a NaN.
-            const bool nonfinite = M >= 2 && bias_case == 2;
+            // Non-finite inputs in some cases: row 0 gets +Inf at one column, the last row (M >= 2) a NaN.
+            const bool nonfinite = bias_case == 2;
             if (nonfinite) {
               x.set(0 * ldx + K / 3, inf);
-              x.set((M - 1) * ldx + K - 1, nan);
+              if (M >= 2) x.set((M - 1) * ldx + K - 1, nan);
             }
             const Buf* b = with_bias ? &bias : nullptr;
             // Two disjoint output ranges, like two threads.

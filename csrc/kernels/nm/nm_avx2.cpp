@@ -7,6 +7,8 @@
 // byte 0's popcount. Blocking, tails and the threading contract are in nm_x86_tile.h.
 #include <immintrin.h>
 
+#include <cmath>
+
 #include "../common/avx2_popcnt.h"
 #include "../common/perm_place.h"
 #include "../common/shuffle_place.h"
@@ -264,9 +266,96 @@ static int64_t m1_place(const LinearArgs& a, int64_t o_begin, int64_t o_end) {
   return rows(std::false_type{});
 }
 
+
+// bf16 1:4 at M = 1 selects instead of placing. With x re-laid as xt[k * Gp + g] = x[4g + k] (G = K/4 groups,
+// Gp = G rounded up to 8), the four candidates of 8 consecutive groups are four aligned vectors that every row
+// shares; a row takes its kept one per lane with three blends keyed by its mask bits (moved to the sign bit by a
+// per-lane shift), then one FMA with its 8 values. Per 32 columns and row: one value load, one 4-byte mask load
+// and, two rows sharing them, two x loads; placement needs eight loads there (values, two tables, x, twice).
+// bf16 1:4 11008x4096 ran 1.47x faster (AVX2 code on Zen 4, interleaved A/B); fp32 ran at 0.85x (a whole
+// 32-byte value load per 8 columns' worth of groups), so fp32 keeps placement. Pruned positions are never
+// multiplied, so x with NaN/Inf takes placement (dense math makes those NaN at every pruned position). The mask
+// is checked as placement checks it (two bits per byte), plus the tail groups and padding bits one by one.
+template <DType D>
+static inline __m256 load8v(const char* p) {
+  if (D == DType::f32) return _mm256_loadu_ps(reinterpret_cast<const float*>(p));
+  const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+
+template <DType D, int R>
+__attribute__((noinline)) static int64_t select14_rows(const LinearArgs& a, const float* xt, int64_t G, int64_t o) {
+  constexpr int64_t es = D == DType::f32 ? 4 : 2;
+  const int64_t nb = G / 8, rb = (a.K + 7) / 8, Gp = (G + 7) / 8 * 8;
+  const uint8_t* mr[R];
+  const char* vr[R];
+  for (int r = 0; r < R; ++r) {
+    mr[r] = a.mask + (o + r) * rb;
+    vr[r] = static_cast<const char*>(a.values) + (o + r) * G * es;
+    if (!bytes_have(mr[r], 4 * nb, 2)) return o + r;
+  }
+  // lane i's sign bit after the shift = mask bit 4i + k (candidate k of its group)
+  const __m256i s1 = _mm256_setr_epi32(30, 26, 22, 18, 14, 10, 6, 2);
+  const __m256i s2 = _mm256_add_epi32(s1, _mm256_set1_epi32(-1)), s3 = _mm256_add_epi32(s1, _mm256_set1_epi32(-2));
+  __m256 acc[R][2];
+  for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
+  auto block = [&](int64_t b, int e) __attribute__((always_inline)) {
+    const __m256 x0 = _mm256_load_ps(xt + 8 * b), x1 = _mm256_load_ps(xt + Gp + 8 * b);
+    const __m256 x2 = _mm256_load_ps(xt + 2 * Gp + 8 * b), x3 = _mm256_load_ps(xt + 3 * Gp + 8 * b);
+    for (int r = 0; r < R; ++r) {
+      uint32_t m32;
+      std::memcpy(&m32, mr[r] + 4 * b, 4);
+      const __m256i mb = _mm256_set1_epi32(static_cast<int>(m32));
+      __m256 xs = _mm256_blendv_ps(x0, x1, _mm256_castsi256_ps(_mm256_sllv_epi32(mb, s1)));
+      xs = _mm256_blendv_ps(xs, x2, _mm256_castsi256_ps(_mm256_sllv_epi32(mb, s2)));
+      xs = _mm256_blendv_ps(xs, x3, _mm256_castsi256_ps(_mm256_sllv_epi32(mb, s3)));
+      acc[r][e] = _mm256_fmadd_ps(load8v<D>(vr[r] + 8 * b * es), xs, acc[r][e]);
+    }
+  };
+  int64_t b = 0;
+  for (; b + 2 <= nb; b += 2) {
+    for (int r = 0; r < R; ++r) __builtin_prefetch(vr[r] + 8 * b * es + 8192);
+    block(b, 0);
+    block(b + 1, 1);
+  }
+  if (b < nb) block(b, 0);
+  for (int r = 0; r < R; ++r) {
+    float s = x86::hsum<Avx2Dec>((Avx2Dec::V)_mm256_add_ps(acc[r][0], acc[r][1]));
+    for (int64_t g = 8 * nb; g < G; ++g) {  // fewer than 8 groups left
+      const unsigned nib = (mr[r][g / 2] >> (4 * (g % 2))) & 0xF;
+      if (__builtin_popcount(nib) != 1) return o + r;
+      s += x86::elem_to_f32(D, vr[r], g) * xt[__builtin_ctz(nib) * Gp + g];
+    }
+    if ((G % 2) && (mr[r][G / 2] >> 4)) return o + r;  // padding bits past K must be clear
+    if (a.bias) s += x86::elem_to_f32(D, a.bias, o + r);
+    x86::store_out(D, a.y, o + r, s);
+  }
+  return -1;
+}
+
+template <DType D>
+static int64_t m1_select14(const LinearArgs& a, int64_t o_begin, int64_t o_end) {
+  const int64_t G = a.K / 4, Gp = (G + 7) / 8 * 8;
+  std::vector<float> xv(static_cast<size_t>(4 * Gp) + 8);
+  float* xt = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(xv.data()) + 31) & ~uintptr_t(31));
+  bool finite = true;
+  for (int64_t k = 0; k < a.K; ++k) {
+    const float f = x86::elem_to_f32(D, a.x, k);
+    finite &= std::isfinite(f);
+    xt[(k % 4) * Gp + k / 4] = f;
+  }
+  if (!finite) return m1_place<D>(a, o_begin, o_end);
+  int64_t o = o_begin;
+  for (; o + 2 <= o_end; o += 2)
+    if (const int64_t bad = select14_rows<D, 2>(a, xt, G, o); bad >= 0) return bad;
+  if (o < o_end) return select14_rows<D, 1>(a, xt, G, o);
+  return -1;
+}
 }  // namespace
 
 int64_t linear_avx2(const LinearArgs& a, int64_t o_begin, int64_t o_end) {
+  if (a.M == 1 && a.n == 1 && a.m == 4 && a.dtype == DType::bf16 && o_begin < o_end && a.K >= 32)
+    return m1_select14<DType::bf16>(a, o_begin, o_end);
   if (a.M == 1 && a.dtype != DType::f16 && a.m <= 8 && 2 * a.n <= a.m && o_begin < o_end && a.K >= 16)
     return a.dtype == DType::f32 ? m1_place<DType::f32>(a, o_begin, o_end) : m1_place<DType::bf16>(a, o_begin, o_end);
   return x86::run<Avx2Dec>(a, o_begin, o_end);
