@@ -19,9 +19,10 @@ using nm::DType;
 
 // Large M is compute bound. For bf16/fp16 the kernels (a kept-only GEMM from 40 rows on) beat
 // torch's dense GEMM at every measured M. For fp32 at density 1/2 (2:4, 4:8), from kDenseTilesMinM rows on,
-// the dense GEMM on decoded weight tiles (~0.9-1.0x dense) is used except with AVX2: there the kept-only GEMM
-// on weights in huge pages (python/sparseops/_memory.py) measured 1.05-1.4x dense (bench/results/); the
-// other ISAs keep the tiles until measured so. Below that M the expanded kernels are used.
+// the x86 kept-only GEMM on weights in huge pages (python/sparseops/_memory.py) measured 1.05-1.4x dense with
+// AVX2 (Zen 3) and 1.4-1.8x with AVX-512 (Zen 4, where the dense-tile path below ran 0.69-1.09x); other ISAs
+// (NEON, scalar) use the dense GEMM on decoded weight tiles until measured otherwise. Below that M the
+// expanded kernels are used.
 constexpr int64_t kDenseTilesMinM = 128;
 constexpr int64_t kDenseTilesMinMBf16 = 40;  // where the kernel leaves bf16 dot products (sparse_min_m)
 // SPARSEOPS_NM_LARGE_M=kernel|tiles forces one path for M >= kDenseTilesMinM (benchmarks, experiments).
@@ -33,7 +34,8 @@ inline bool use_dense_tiles(int64_t M, int64_t n, int64_t m, DType dt) {
   const char* force = std::getenv("SPARSEOPS_NM_LARGE_M");
   if (force && std::strcmp(force, "kernel") == 0) return false;
   if (force && std::strcmp(force, "tiles") == 0) return true;
-  return ((dt == DType::f32 && current_isa() != Isa::avx2) || bf16_dot) && 4 * n > m;
+  const bool x86_kernel = current_isa() == Isa::avx2 || current_isa() == Isa::avx512;
+  return ((dt == DType::f32 && !x86_kernel) || bf16_dot) && 4 * n > m;
 }
 
 // Which path the last nm_linear call took (read by benchmarks through sparseops.last_path()).
