@@ -1,5 +1,5 @@
-// AVX-512 CSR variant: the AVX2 scheme at 16 lanes. GEMV gathers 16 x values per vgatherdps with
-// two accumulators; tiles are up to 4 zmm (64 columns of B) per entry, entries two (four at one zmm) at a time.
+// AVX-512 CSR variant: the AVX2 scheme at 16 lanes. GEMV reads 16 x values by scalar loads (indices checked
+// by one vector compare first) with two accumulators and masked loads for a row's tail; tiles are up to 4 zmm (64 columns of B) per entry, entries two (four at one zmm) at a time.
 // GCC 12 warns about the deliberately undefined source operand inside its own AVX-512 intrinsics.
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include <immintrin.h>
@@ -19,50 +19,64 @@ static inline __m512 val16(const Bf16* v) {
   return _mm512_castsi512_ps(_mm512_slli_epi32(w, 16));
 }
 static inline __m512 val16(const F16* v) { return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(v))); }
+// The first lanes of `live` only (masked loads: nothing past them is read, so a row's tail needs no copy).
+static inline __m512i idx16(const uint16_t* c, __mmask16 live) {
+  return _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(live, c));
+}
+static inline __m512i idx16(const int32_t* c, __mmask16 live) { return _mm512_maskz_loadu_epi32(live, c); }
+static inline __m512 val16(const float* v, __mmask16 live) { return _mm512_maskz_loadu_ps(live, v); }
+static inline __m512 val16(const Bf16* v, __mmask16 live) {
+  __m512i w = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(live, v));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(w, 16));
+}
+static inline __m512 val16(const F16* v, __mmask16 live) { return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(live, v)); }
 
 struct Avx512Ops {
   static constexpr int W = 16;
   static constexpr int kMaxNV = 4;
 
+  // x[c[0..16)] from scalar loads: on Zen 4 sixteen loads and inserts beat vgatherdps by 1.3-1.6x at 90-95%
+  // sparsity (as on Zen 3 with AVX2). Indices must be checked first.
+  template <class I>
+  static inline __m512 load16(const float* x, const I* c) {
+    __m128 q[4];
+    for (int h = 0; h < 4; ++h) {
+      const I* cc = c + 4 * h;
+      __m128 t = _mm_load_ss(x + cc[0]);
+      t = _mm_insert_ps(t, _mm_load_ss(x + cc[1]), 0x10);
+      t = _mm_insert_ps(t, _mm_load_ss(x + cc[2]), 0x20);
+      q[h] = _mm_insert_ps(t, _mm_load_ss(x + cc[3]), 0x30);
+    }
+    const __m256 lo = _mm256_set_m128(q[1], q[0]), hi = _mm256_set_m128(q[3], q[2]);
+    return _mm512_insertf32x8(_mm512_castps256_ps512(lo), hi, 1);
+  }
+
   template <class V, class I>
   static float dot(const V* v, const I* c, int64_t n, int64_t, const float* x, uint32_t K, bool* bad) {
     const __m512i kv = _mm512_set1_epi32(static_cast<int>(K));
-    __mmask16 ok = 0xffff;
     __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
     int64_t j = 0;
-    // Lanes whose index is >= K (unsigned) are masked out of the gather and flagged.
-    auto gather = [&](const I* cp) {
-      const __m512i idx = idx16(cp);
-      const __mmask16 in = _mm512_cmplt_epu32_mask(idx, kv);
-      ok &= in;
-      return _mm512_mask_i32gather_ps(_mm512_setzero_ps(), in, idx, x, 4);
-    };
     for (; j + 32 <= n; j += 32) {
-      a0 = _mm512_fmadd_ps(val16(v + j), gather(c + j), a0);
-      a1 = _mm512_fmadd_ps(val16(v + j + 16), gather(c + j + 16), a1);
+      // every index < K (unsigned) before any is dereferenced
+      if ((_mm512_cmplt_epu32_mask(idx16(c + j), kv) & _mm512_cmplt_epu32_mask(idx16(c + j + 16), kv)) != 0xffff) {
+        *bad = true;
+        return 0.f;
+      }
+      a0 = _mm512_fmadd_ps(val16(v + j), load16(x, c + j), a0);
+      a1 = _mm512_fmadd_ps(val16(v + j + 16), load16(x, c + j + 16), a1);
     }
-    if (j + 16 <= n) {
-      a0 = _mm512_fmadd_ps(val16(v + j), gather(c + j), a0);
-      j += 16;
+    for (; j < n; j += 16) {  // 1..31 left, 16 lanes at a time: masked loads, dead lanes read x[0] times 0
+      const __mmask16 live = n - j >= 16 ? __mmask16(0xffff) : static_cast<__mmask16>((1u << (n - j)) - 1u);
+      const __m512i idx = idx16(c + j, live);
+      if (static_cast<__mmask16>(_mm512_cmplt_epu32_mask(idx, kv) | ~live) != 0xffff) {
+        *bad = true;
+        return 0.f;
+      }
+      alignas(64) int32_t k[16];
+      _mm512_store_si512(k, idx);
+      a1 = _mm512_fmadd_ps(val16(v + j, live), _mm512_maskz_mov_ps(live, load16(x, k)), a1);
     }
-    if (j < n) {  // 1..15 left: a zero-padded copy and a lane-masked gather (no scalar FMA chain)
-      const int r = static_cast<int>(n - j);
-      I ci[16] = {};
-      V vi[16] = {};
-      for (int t = 0; t < r; ++t) { ci[t] = c[j + t]; vi[t] = v[j + t]; }
-      const __mmask16 live = static_cast<__mmask16>((1u << r) - 1u);
-      const __m512i idx = idx16(ci);
-      const __mmask16 in = _mm512_cmplt_epu32_mask(idx, kv);
-      ok &= static_cast<__mmask16>(in | ~live);
-      a1 = _mm512_fmadd_ps(val16(vi), _mm512_mask_i32gather_ps(_mm512_setzero_ps(), in & live, idx, x, 4), a1);
-      j = n;
-    }
-    if (ok != 0xffff) {
-      *bad = true;
-      return 0.f;
-    }
-    float s = _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
-    return s;
+    return _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
   }
 
   // Entries U at a time into U sets of NV accumulators. At M <= 16 (NV = 1) two entries at a time left two
