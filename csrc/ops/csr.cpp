@@ -143,18 +143,20 @@ std::vector<int64_t> run_spmm(const at::Tensor& row_ptr, const at::Tensor& cols,
   return cols_bad;
 }
 
-// Where a dense GEMM on the decoded weight beats the sparse kernel (bench csr on Zen 4, both paths forced in one
-// sitting): bf16 above density 0.25 from M = 64 on (tiles 0.64-0.83x dense at M=128, the kernel 0.25-0.46x), and
-// only where torch's bf16 GEMM has dot products (AVX512-BF16: 2.2x the fp32 rate; elsewhere its bf16 GEMM is far
-// slower than the kernel). At M <= 32, or density 0.2 at M = 64, the kernel was the faster one (0.50-1.85x dense
-// against 0.32-0.77x: decoding the weight costs as much as the small GEMM). fp32 never: MKL is only ~1.1x our
-// kernel at density 0.5, M=128, less than the decode costs. SPARSEOPS_CSR_LARGE_M=kernel|tiles forces a path (tests, benchmarks).
+// Where a dense GEMM on the decoded weight beats the sparse kernel (bench/results/csr-bf16-paths-zen4-2c-be4a605,
+// both paths forced in one sitting on Zen 4): bf16 above density 0.4 from M = 32 (tiles 0.55-0.65x dense at M=32
+// where the kernel ran 0.48-0.51x) and above 0.25 from M = 128; below those the kernel won (density 0.3 at M=64:
+// 0.77-0.87x against 0.57-0.76x; M=16: 0.50-1.64x against 0.36-0.84x, decoding the weight costing as much as the
+// small GEMM). Only where torch's bf16 GEMM has dot products (AVX512-BF16: 2.2x the fp32 rate; elsewhere its bf16
+// GEMM is far slower than the kernel). fp32 never: MKL is only ~1.1x our kernel at density 0.5, M=128, less
+// than the decode costs. SPARSEOPS_CSR_LARGE_M=kernel|tiles forces a path (tests, benchmarks).
 bool use_dense_tiles(int64_t M, int64_t O, int64_t K, int64_t nnz, csr::DType dt) {
   const char* force = std::getenv("SPARSEOPS_CSR_LARGE_M");
   if (force && std::strcmp(force, "kernel") == 0) return false;
   if (force && std::strcmp(force, "tiles") == 0) return M > 1;
   const double density = static_cast<double>(nnz) / (static_cast<double>(O) * static_cast<double>(K));
-  return dt == csr::DType::bf16 && cpu_features().avx512_bf16 && M >= 64 && density > 0.25;
+  return dt == csr::DType::bf16 && cpu_features().avx512_bf16 &&
+         ((M >= 32 && density > 0.4) || (M >= 128 && density > 0.25));
 }
 
 at::Tensor check_bias(const std::optional<at::Tensor>& bias_in, int64_t O, const at::Tensor& x, const char* who) {
