@@ -4,6 +4,7 @@
 #include <immintrin.h>
 
 #include "csr_impl.h"
+#include "csr_x86_load.h"
 
 namespace sparseops::csr {
 namespace {
@@ -26,19 +27,10 @@ static inline float hsum(__m256 v) {
   return _mm_cvtss_f32(s);
 }
 
-// x[c[0..8)] from scalar loads: on Zen 3 eight scalar loads and inserts beat vgatherdps by ~20% (and Intel
-// CPUs with the Gather Data Sampling microcode fix run gathers far slower still). Indices must be checked first.
+// x[c[0..8)] by scalar loads (csr_x86_load.h). Indices must be checked first.
 template <class I>
 static inline __m256 load8(const float* x, const I* c) {
-  __m128 h[2];
-  for (int q = 0; q < 2; ++q) {
-    const I* cc = c + 4 * q;
-    __m128 t = _mm_load_ss(x + cc[0]);
-    t = _mm_insert_ps(t, _mm_load_ss(x + cc[1]), 0x10);
-    t = _mm_insert_ps(t, _mm_load_ss(x + cc[2]), 0x20);
-    h[q] = _mm_insert_ps(t, _mm_load_ss(x + cc[3]), 0x30);
-  }
-  return _mm256_set_m128(h[1], h[0]);
+  return _mm256_set_m128(load4(x, c + 4), load4(x, c));
 }
 
 // Whether the 16 indices at c are all < K (unsigned): one vector compare before any of them is dereferenced.

@@ -1,10 +1,12 @@
 // AVX-512 CSR variant: the AVX2 scheme at 16 lanes. GEMV reads 16 x values by scalar loads (indices checked
-// by one vector compare first) with two accumulators and masked loads for a row's tail; tiles are up to 4 zmm (64 columns of B) per entry, entries two (four at one zmm) at a time.
+// by one vector compare first) with two accumulators and masked loads for a row's tail; tiles are up to 4 zmm
+// (64 columns of B) per entry, entries two (four at one zmm) at a time.
 // GCC 12 warns about the deliberately undefined source operand inside its own AVX-512 intrinsics.
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include <immintrin.h>
 
 #include "csr_impl.h"
+#include "csr_x86_load.h"
 
 namespace sparseops::csr {
 namespace {
@@ -35,19 +37,12 @@ struct Avx512Ops {
   static constexpr int W = 16;
   static constexpr int kMaxNV = 4;
 
-  // x[c[0..16)] from scalar loads: on Zen 4 sixteen loads and inserts beat vgatherdps by 1.3-1.6x at 90-95%
-  // sparsity (as on Zen 3 with AVX2). Indices must be checked first.
+  // x[c[0..16)] by scalar loads (csr_x86_load.h), which beat vgatherdps at 90-95% sparsity on Zen 4 as on
+  // Zen 3. Indices must be checked first.
   template <class I>
   static inline __m512 load16(const float* x, const I* c) {
-    __m128 q[4];
-    for (int h = 0; h < 4; ++h) {
-      const I* cc = c + 4 * h;
-      __m128 t = _mm_load_ss(x + cc[0]);
-      t = _mm_insert_ps(t, _mm_load_ss(x + cc[1]), 0x10);
-      t = _mm_insert_ps(t, _mm_load_ss(x + cc[2]), 0x20);
-      q[h] = _mm_insert_ps(t, _mm_load_ss(x + cc[3]), 0x30);
-    }
-    const __m256 lo = _mm256_set_m128(q[1], q[0]), hi = _mm256_set_m128(q[3], q[2]);
+    const __m256 lo = _mm256_set_m128(load4(x, c + 4), load4(x, c));
+    const __m256 hi = _mm256_set_m128(load4(x, c + 12), load4(x, c + 8));
     return _mm512_insertf32x8(_mm512_castps256_ps512(lo), hi, 1);
   }
 

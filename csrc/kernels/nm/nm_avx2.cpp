@@ -272,20 +272,14 @@ static int64_t m1_place(const LinearArgs& a, int64_t o_begin, int64_t o_end) {
 // shares; a row takes its kept one per lane with three blends keyed by its mask bits (moved to the sign bit by a
 // per-lane shift), then one FMA with its 8 values. Per 32 columns and row: one value load, one 4-byte mask load
 // and, two rows sharing them, two x loads; placement needs eight loads there (values, two tables, x, twice).
-// bf16 1:4 11008x4096 ran 1.47x faster (AVX2 code on Zen 4, interleaved A/B); fp32 ran at 0.85x (a whole
-// 32-byte value load per 8 columns' worth of groups), so fp32 keeps placement. Pruned positions are never
-// multiplied, so x with NaN/Inf takes placement (dense math makes those NaN at every pruned position). The mask
-// is checked as placement checks it (two bits per byte), plus the tail groups and padding bits one by one.
-template <DType D>
-static inline __m256 load8v(const char* p) {
-  if (D == DType::f32) return _mm256_loadu_ps(reinterpret_cast<const float*>(p));
-  const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
-  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
-}
-
-template <DType D, int R>
+// Native A/B: bench/results/nm-native-ab-zen4-2c-0deda33.txt. fp32 was slower this way (a whole 32-byte value
+// load per 8 groups), so it keeps placement. Pruned positions are never multiplied, so x with NaN/Inf takes
+// placement (dense math makes those NaN at every pruned position). The mask is checked as placement checks it
+// (two bits per byte), plus the tail groups and padding bits one by one.
+template <int R>
 __attribute__((noinline)) static int64_t select14_rows(const LinearArgs& a, const float* xt, int64_t G, int64_t o) {
-  constexpr int64_t es = D == DType::f32 ? 4 : 2;
+  constexpr DType D = DType::bf16;
+  constexpr int64_t es = 2;
   const int64_t nb = G / 8, rb = (a.K + 7) / 8, Gp = (G + 7) / 8 * 8;
   const uint8_t* mr[R];
   const char* vr[R];
@@ -309,7 +303,8 @@ __attribute__((noinline)) static int64_t select14_rows(const LinearArgs& a, cons
       __m256 xs = _mm256_blendv_ps(x0, x1, _mm256_castsi256_ps(_mm256_sllv_epi32(mb, s1)));
       xs = _mm256_blendv_ps(xs, x2, _mm256_castsi256_ps(_mm256_sllv_epi32(mb, s2)));
       xs = _mm256_blendv_ps(xs, x3, _mm256_castsi256_ps(_mm256_sllv_epi32(mb, s3)));
-      acc[r][e] = _mm256_fmadd_ps(load8v<D>(vr[r] + 8 * b * es), xs, acc[r][e]);
+      const __m128i v8 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(vr[r] + 8 * b * es));
+      acc[r][e] = _mm256_fmadd_ps(widen(D, v8), xs, acc[r][e]);
     }
   };
   int64_t b = 0;
@@ -333,8 +328,8 @@ __attribute__((noinline)) static int64_t select14_rows(const LinearArgs& a, cons
   return -1;
 }
 
-template <DType D>
 static int64_t m1_select14(const LinearArgs& a, int64_t o_begin, int64_t o_end) {
+  constexpr DType D = DType::bf16;
   const int64_t G = a.K / 4, Gp = (G + 7) / 8 * 8;
   std::vector<float> xv(static_cast<size_t>(4 * Gp) + 8);
   float* xt = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(xv.data()) + 31) & ~uintptr_t(31));
@@ -347,15 +342,16 @@ static int64_t m1_select14(const LinearArgs& a, int64_t o_begin, int64_t o_end) 
   if (!finite) return m1_place<D>(a, o_begin, o_end);
   int64_t o = o_begin;
   for (; o + 2 <= o_end; o += 2)
-    if (const int64_t bad = select14_rows<D, 2>(a, xt, G, o); bad >= 0) return bad;
-  if (o < o_end) return select14_rows<D, 1>(a, xt, G, o);
+    if (const int64_t bad = select14_rows<2>(a, xt, G, o); bad >= 0) return bad;
+  if (o < o_end) return select14_rows<1>(a, xt, G, o);
   return -1;
 }
+
 }  // namespace
 
 int64_t linear_avx2(const LinearArgs& a, int64_t o_begin, int64_t o_end) {
   if (a.M == 1 && a.n == 1 && a.m == 4 && a.dtype == DType::bf16 && o_begin < o_end && a.K >= 32)
-    return m1_select14<DType::bf16>(a, o_begin, o_end);
+    return m1_select14(a, o_begin, o_end);
   if (a.M == 1 && a.dtype != DType::f16 && a.m <= 8 && 2 * a.n <= a.m && o_begin < o_end && a.K >= 16)
     return a.dtype == DType::f32 ? m1_place<DType::f32>(a, o_begin, o_end) : m1_place<DType::bf16>(a, o_begin, o_end);
   return x86::run<Avx2Dec>(a, o_begin, o_end);
