@@ -1,0 +1,297 @@
+// AVX-512 bitmap-KV decode attention, one loop for every dtype; a Loader policy places records. Included by
+// kv_avx512.cpp (F/BW/VL/DQ loaders) and kv_avx512x.cpp (VBMI2 loaders); internal linkage on purpose.
+//
+// The generic loop (kv_attend.h) was compute-bound at ~200 cycles per token and KV head with 4 query rows and
+// D=128 (Sapphire Rapids; taking pieces out showed the time spread over expansion, scores and P.V). Here:
+//  - channels go in 32-channel chunks; a chunk is two fp32 vectors ("halves") in the loader's lane order,
+//    q is laid out the same way, and the output is put back in channel order at the end;
+//  - block buffers are chunk-major ([chunk][token][32 floats]), so a chunk's 16 tokens sit at constant
+//    offsets from one pointer (the token-major layout spilled 16 row pointers);
+//  - the softmax runs once per 64 tokens instead of per 16 (its reductions are serial latency);
+//  - P.V keeps 4 rows x 64 channels in registers across 16 tokens (one broadcast feeds four FMAs).
+// The accumulators live in a kernel-local buffer of Dp = D rounded up to 32 channels (a 16-channel tail
+// chunk is zero in its upper lanes everywhere), copied to `part` at the end.
+//
+// Loader (T: stored element type):
+//   chunk(bits, v, w, o)   places one chunk of a well-formed record (w: its 32 bitmap bits; v: its first
+//                          value) as fp32 halves at o and o + 16; returns the number of values read (popcount w)
+//   dense(row, o)          the same for 32 dense values (a tail token, q, or a malformed record's placement)
+//   channel(half, lane)    channel offset within the chunk of (half, lane)
+#pragma once
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cstring>
+#include <limits>
+#include <type_traits>
+#include <vector>
+
+#include "kv_avx512_ops.h"
+
+namespace sparseops::kv {
+namespace {
+
+constexpr int kC = 32;                // channels per chunk
+constexpr int kSuper = 64;            // tokens per softmax step (kBlock = 16 tokens per buffer fill)
+constexpr int kCS = kBlock * kC;      // floats per chunk of a block buffer
+
+// bf16 with VBMI2: one vpexpandw, widened in "pair order" (16 even channels, then 16 odd: a shift and an and).
+struct LoadBf16Vbmi2 {
+  using T = uint16_t;
+  static inline void halves(__m512i x, float* o) {
+    _mm512_store_ps(o, _mm512_castsi512_ps(_mm512_slli_epi32(x, 16)));
+    _mm512_store_ps(o + 16, _mm512_castsi512_ps(_mm512_and_si512(x, _mm512_set1_epi32(int(0xffff0000u)))));
+  }
+  static inline int chunk(const T* v, uint32_t w, float* o) {
+    halves(_mm512_maskz_expandloadu_epi16(w, v), o);
+    return __builtin_popcount(w);
+  }
+  static inline void dense(const T* row, float* o) { halves(_mm512_loadu_si512(row), o); }
+  static constexpr int channel(int half, int lane) { return 2 * lane + half; }
+};
+
+// fp16 with VBMI2: one vpexpandw, each 256-bit half converted (channel order).
+struct LoadF16Vbmi2 {
+  using T = uint16_t;
+  static inline void halves(__m512i x, float* o) {
+    _mm512_store_ps(o, _mm512_cvtph_ps(_mm512_castsi512_si256(x)));
+    _mm512_store_ps(o + 16, _mm512_cvtph_ps(_mm512_extracti64x4_epi64(x, 1)));
+  }
+  static inline int chunk(const T* v, uint32_t w, float* o) {
+    halves(_mm512_maskz_expandloadu_epi16(w, v), o);
+    return __builtin_popcount(w);
+  }
+  static inline void dense(const T* row, float* o) { halves(_mm512_loadu_si512(row), o); }
+  static constexpr int channel(int half, int lane) { return 16 * half + lane; }
+};
+
+// Any dtype without VBMI2 (fp32 with it too): per 16 channels, the values widened to fp32 then vexpandps
+// (fp32: one expand-load). Channel order.
+template <DType kD>
+struct LoadWiden {
+  using T = std::conditional_t<kD == DType::f32, float, uint16_t>;
+  static inline int half(const T* v, unsigned w, float* o) {
+    const unsigned cnt = __builtin_popcount(w);
+    if constexpr (kD == DType::f32) {
+      _mm512_store_ps(o, _mm512_maskz_expandloadu_ps(static_cast<__mmask16>(w), v));
+    } else {
+      _mm512_store_ps(o, _mm512_maskz_expand_ps(static_cast<__mmask16>(w),
+                                                widen16(kD, v, static_cast<__mmask16>((1u << cnt) - 1))));
+    }
+    return static_cast<int>(cnt);
+  }
+  static inline int chunk(const T* v, uint32_t w, float* o) {
+    const int lo = half(v, w & 0xffffu, o);
+    return lo + half(v + lo, w >> 16, o + 16);
+  }
+  static inline void dense(const T* row, float* o) {
+    _mm512_store_ps(o, widen16(kD, row, 0xffff));
+    _mm512_store_ps(o + 16, widen16(kD, row + 16, 0xffff));
+  }
+  static constexpr int channel(int half, int lane) { return 16 * half + lane; }
+};
+
+// Record -> fp32 chunks at o, o + kCS, ... A record whose popcount is not k (malformed) is placed by the
+// scalar rule (at most k values read) via `tmp` (Dp values); otherwise each chunk reads exactly its popcount
+// with fault-suppressing expand-loads or masked loads, never past the record.
+template <class L>
+static inline void place_record(const uint8_t* bits, const typename L::T* v, int D, int k, float* o,
+                                typename L::T* tmp) {
+  if (record_popcount(bits, D / 8) != k) {
+    const int Dp = (D + kC - 1) / kC * kC;
+    std::fill(tmp, tmp + Dp, typename L::T(0));
+    int j = 0;
+    for (int c = 0; c < D; ++c)
+      if (((bits[c >> 3] >> (c & 7)) & 1) && j < k) tmp[c] = v[j++];
+    for (int c = 0; c < D; c += kC, o += kCS) L::dense(tmp + c, o);
+    return;
+  }
+  int c = 0;
+  for (; c + kC <= D; c += kC, o += kCS) {
+    uint32_t w;
+    std::memcpy(&w, bits + c / 8, 4);
+    v += L::chunk(v, w, o);
+  }
+  if (c < D) {  // D % 32 == 16: the upper 16 channels are absent, so their mask bits are 0
+    uint16_t w;
+    std::memcpy(&w, bits + c / 8, 2);
+    L::chunk(v, w, o);
+  }
+}
+
+// A dense row (a tail token, q) -> chunks at o, o + stride, ...; a 16-channel tail chunk via a zeroed copy.
+template <class L>
+static inline void place_row(const typename L::T* row, int D, float* o, int64_t stride) {
+  int c = 0;
+  for (; c + kC <= D; c += kC, o += stride) L::dense(row + c, o);
+  if (c < D) {
+    alignas(64) typename L::T t[kC] = {};
+    std::memcpy(t, row + c, 16 * sizeof(typename L::T));
+    L::dense(t, o);
+  }
+}
+
+static inline void prefetch(const void* p, int64_t bytes) {
+  const char* c = static_cast<const char*>(p);
+  for (int64_t o = 0; o < bytes; o += 64) _mm_prefetch(c + o, _MM_HINT_T0);
+}
+
+// 16 scores of one query row against the buffered block: per token one accumulator, folded by tree16.
+static inline __m512 row_scores(const float* q, const float* kbuf, int nc) {
+  __m512 x[16];
+#pragma GCC unroll 16
+  for (int j = 0; j < 16; ++j) x[j] = _mm512_setzero_ps();
+  for (int c = 0; c < nc; ++c, q += kC, kbuf += kCS) {
+    const __m512 q0 = _mm512_load_ps(q), q1 = _mm512_load_ps(q + 16);
+#pragma GCC unroll 16
+    for (int j = 0; j < 16; ++j) {
+      x[j] = _mm512_fmadd_ps(q0, _mm512_load_ps(kbuf + j * kC), x[j]);
+      x[j] = _mm512_fmadd_ps(q1, _mm512_load_ps(kbuf + j * kC + 16), x[j]);
+    }
+  }
+  return tree16(x);
+}
+
+// acc rows r0 .. r0+NR-1 (stride Dp) += sum_j<n p[r][j] * V[j], NCH chunks from chunk c.
+template <int NR, int NCH>
+static inline void pv(float* acc, int Dp, const float* p, const float* vc, int n) {
+  __m512 a[NR][2 * NCH];
+#pragma GCC unroll 4
+  for (int r = 0; r < NR; ++r)
+#pragma GCC unroll 4
+    for (int i = 0; i < 2 * NCH; ++i) a[r][i] = _mm512_load_ps(acc + r * Dp + 16 * i);
+  for (int j = 0; j < n; ++j) {
+    __m512 v[2 * NCH];
+#pragma GCC unroll 4
+    for (int i = 0; i < 2 * NCH; ++i) v[i] = _mm512_load_ps(vc + (i / 2) * kCS + j * kC + (i % 2) * 16);
+#pragma GCC unroll 4
+    for (int r = 0; r < NR; ++r) {
+      const __m512 pr = _mm512_set1_ps(p[r * kSuper + j]);
+#pragma GCC unroll 4
+      for (int i = 0; i < 2 * NCH; ++i) a[r][i] = _mm512_fmadd_ps(pr, v[i], a[r][i]);
+    }
+  }
+#pragma GCC unroll 4
+  for (int r = 0; r < NR; ++r)
+#pragma GCC unroll 4
+    for (int i = 0; i < 2 * NCH; ++i) _mm512_store_ps(acc + r * Dp + 16 * i, a[r][i]);
+}
+
+template <int NR>
+static inline void pv_rows(float* acc, int Dp, const float* p, const float* vbuf, int n) {
+  int c = 0;
+  for (; c + 2 * kC <= Dp; c += 2 * kC) pv<NR, 2>(acc + c, Dp, p, vbuf + (c / kC) * kCS, n);
+  if (c < Dp) pv<NR, 1>(acc + c, Dp, p, vbuf + (c / kC) * kCS, n);
+}
+
+template <class L>
+void decode_partial(const AttnArgs& a, int64_t b, int64_t h, int64_t t0, int64_t t1, float* part) {
+  using T = typename L::T;
+  const int D = static_cast<int>(a.D);
+  const int nc = (D + kC - 1) / kC, Dp = nc * kC, nb = D / 8;
+  const int64_t G = a.Hq / a.Hkv, R = G * a.Lq, P = D + 2;
+  const float ninf = -std::numeric_limits<float>::infinity();
+  // One allocation, each part a multiple of 64 bytes: q rows, accumulators, K and V blocks, scores /
+  // weights [R][kSuper], scratch for a malformed record.
+  std::vector<float> buf(2 * R * Dp + 2 * nc * kCS + R * kSuper + Dp + 16);
+  float* qf = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(buf.data()) + 63) & ~uintptr_t(63));
+  float* acc = qf + R * Dp;
+  float* kbuf = acc + R * Dp;
+  float* vbuf = kbuf + nc * kCS;
+  float* s = vbuf + nc * kCS;
+  T* tmp = reinterpret_cast<T*>(s + R * kSuper);
+
+  const T* q = static_cast<const T*>(a.q) + (b * a.Hq + h * G) * a.Lq * D;
+  for (int64_t r = 0; r < R; ++r) place_row<L>(q + r * D, D, qf + r * Dp, kC);
+  std::vector<float> ml(2 * R);  // running max and sum of exp per row
+  for (int64_t r = 0; r < R; ++r) ml[2 * r] = ninf;
+  const int64_t bh = b * a.Hkv + h;
+  const uint8_t* kb = a.k_bits + bh * a.Tcap_k * nb;
+  const T* kvv = static_cast<const T*>(a.k_vals) + bh * a.Tcap_k * a.kk;
+  const uint8_t* vb = a.v_bits + bh * a.Tcap_v * nb;
+  const T* vvv = static_cast<const T*>(a.v_vals) + bh * a.Tcap_v * a.kv;
+  const T* kt = a.Tw ? static_cast<const T*>(a.k_tail) + bh * a.Tw * D : nullptr;
+  const T* vt = a.Tw ? static_cast<const T*>(a.v_tail) + bh * a.Tw * D : nullptr;
+  const __m512 scale = _mm512_set1_ps(a.scale);
+
+  for (int64_t T0 = t0; T0 < t1; T0 += kSuper) {
+    const int N = static_cast<int>(std::min<int64_t>(kSuper, t1 - T0));
+    {  // the next step's records, a step ahead of use (the hardware prefetcher alone left the loop stalled)
+      const int64_t f0 = T0 + kSuper, f1 = std::min<int64_t>(std::min<int64_t>(t1, a.T), f0 + kSuper);
+      if (f0 < f1) {
+        prefetch(kb + f0 * nb, (f1 - f0) * nb);
+        prefetch(kvv + f0 * a.kk, (f1 - f0) * a.kk * sizeof(T));
+        prefetch(vb + f0 * nb, (f1 - f0) * nb);
+        prefetch(vvv + f0 * a.kv, (f1 - f0) * a.kv * sizeof(T));
+      }
+    }
+    for (int j0 = 0; j0 < N; j0 += kBlock) {  // scores: s[r][j] = scale * q_r . k_j
+      const int n = std::min(kBlock, N - j0);
+      for (int j = 0; j < n; ++j) {
+        const int64_t tok = T0 + j0 + j;
+        if (tok < a.T) place_record<L>(kb + tok * nb, kvv + tok * a.kk, D, a.kk, kbuf + j * kC, tmp);
+        else place_row<L>(kt + (tok - a.T) * D, D, kbuf + j * kC, kCS);
+      }
+      for (int64_t r = 0; r < R; ++r)
+        _mm512_store_ps(s + r * kSuper + j0, _mm512_mul_ps(scale, row_scores(qf + r * Dp, kbuf, nc)));
+    }
+    // Online softmax over the N scores of each row; s becomes exp(s - m). Lanes past N hold leftovers.
+    const int nv = (N + 15) / 16;
+    const __mmask16 last = static_cast<__mmask16>(0xffffu >> (16 * nv - N));
+    for (int64_t r = 0; r < R; ++r) {
+      float* sr = s + r * kSuper;
+      __m512 mx = _mm512_set1_ps(ninf);
+      for (int i = 0; i < nv; ++i)
+        mx = _mm512_mask_max_ps(mx, i + 1 < nv ? 0xffff : last, mx, _mm512_load_ps(sr + 16 * i));
+      const float bm = _mm512_reduce_max_ps(mx);
+      float& m = ml[2 * r];
+      float& l = ml[2 * r + 1];
+      if (bm == ninf) {  // every score -inf: these tokens carry no weight
+        std::fill(sr, sr + N, 0.0f);
+        continue;
+      }
+      if (bm > m) {
+        if (m != ninf) {
+          const float alpha = std::exp(m - bm);
+          l *= alpha;
+          scal(acc + r * Dp, alpha, Dp);
+        }
+        m = bm;
+      }
+      const __m512 mv = _mm512_set1_ps(m);
+      __m512 sum = _mm512_setzero_ps();
+      for (int i = 0; i < nv; ++i) {
+        const __m512 e = _mm512_maskz_mov_ps(i + 1 < nv ? 0xffff : last,
+                                             exp512(_mm512_sub_ps(_mm512_load_ps(sr + 16 * i), mv)));
+        _mm512_store_ps(sr + 16 * i, e);
+        sum = _mm512_add_ps(sum, e);
+      }
+      l += _mm512_reduce_add_ps(sum);
+    }
+    for (int j0 = 0; j0 < N; j0 += kBlock) {  // acc += p . V
+      const int n = std::min(kBlock, N - j0);
+      for (int j = 0; j < n; ++j) {
+        const int64_t tok = T0 + j0 + j;
+        if (tok < a.T) place_record<L>(vb + tok * nb, vvv + tok * a.kv, D, a.kv, vbuf + j * kC, tmp);
+        else place_row<L>(vt + (tok - a.T) * D, D, vbuf + j * kC, kCS);
+      }
+      int64_t r = 0;
+      for (; r + 4 <= R; r += 4) pv_rows<4>(acc + r * Dp, Dp, s + r * kSuper + j0, vbuf, n);
+      for (; r < R; ++r) pv_rows<1>(acc + r * Dp, Dp, s + r * kSuper + j0, vbuf, n);
+    }
+  }
+  for (int64_t r = 0; r < R; ++r) {  // loader lane order -> channel order
+    float* out = part + r * P;
+    out[0] = ml[2 * r];
+    out[1] = ml[2 * r + 1];
+    for (int c = 0; c < D; c += kC)
+      for (int half = 0; half < 2; ++half)
+        for (int lane = 0; lane < 16; ++lane) {
+          const int ch = c + L::channel(half, lane);
+          if (ch < D) out[2 + ch] = acc[r * Dp + c + 16 * half + lane];
+        }
+  }
+}
+
+}  // namespace
+}  // namespace sparseops::kv
