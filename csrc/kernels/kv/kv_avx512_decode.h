@@ -184,10 +184,10 @@ static inline void pv_rows(float* acc, int Dp, const float* p, const float* vbuf
   if (c < Dp) pv<NR, 1>(acc + c, Dp, p, vbuf + (c / kC) * kCS, n);
 }
 
-template <class L>
-void decode_partial(const AttnArgs& a, int64_t b, int64_t h, int64_t t0, int64_t t1, float* part) {
+template <class L, int kD>
+void decode_partial_d(const AttnArgs& a, int64_t b, int64_t h, int64_t t0, int64_t t1, float* part) {
   using T = typename L::T;
-  const int D = static_cast<int>(a.D);
+  const int D = kD ? kD : static_cast<int>(a.D);
   const int nc = (D + kC - 1) / kC, Dp = nc * kC, nb = D / 8;
   const int64_t G = a.Hq / a.Hkv, R = G * a.Lq, P = D + 2;
   const float ninf = -std::numeric_limits<float>::infinity();
@@ -291,6 +291,13 @@ void decode_partial(const AttnArgs& a, int64_t b, int64_t h, int64_t t0, int64_t
           if (ch < D) out[2 + ch] = acc[r * Dp + c + 16 * half + lane];
         }
   }
+}
+
+// head_dim 128 (most LLMs) gets its own instance: fixed chunk counts let the compiler unroll the chunk loops.
+template <class L>
+void decode_partial(const AttnArgs& a, int64_t b, int64_t h, int64_t t0, int64_t t1, float* part) {
+  if (a.D == 128) return decode_partial_d<L, 128>(a, b, h, t0, t1, part);
+  decode_partial_d<L, 0>(a, b, h, t0, t1, part);
 }
 
 }  // namespace
