@@ -27,7 +27,10 @@ constexpr int64_t kDenseTilesMinM = 128;
 constexpr int64_t kDenseTilesMinMBf16 = 40;  // where the kernel leaves bf16 dot products (sparse_min_m)
 // SPARSEOPS_NM_LARGE_M=kernel|tiles forces one path for M >= kDenseTilesMinM (benchmarks, experiments).
 // bf16 tiles only where torch's bf16 GEMM has hardware dot products (AVX512-BF16: oneDNN reaches ~2.4x our
-// fp32-FMA sparse path at 2:4 there, measured on Zen 4); elsewhere torch's bf16 GEMM is far slower.
+// fp32-FMA sparse path at 2:4 there, measured on Zen 4); elsewhere torch's bf16 GEMM is far slower. With AMX
+// tiles oneDNN's bf16 GEMM is faster again (2.5 TFLOP/s on two Xeon cores), so there every pattern decodes to
+// dense tiles: at M = 64 / 256 they ran 0.58-0.91x dense against 0.12-0.51x for the kept-only kernel, both
+// forced in one sitting (bench/results/nm-bf16-paths-xeon2c-2af7299). Nothing we run beats AMX there.
 inline bool use_dense_tiles(int64_t M, int64_t n, int64_t m, DType dt) {
   const bool bf16_dot = dt == DType::bf16 && cpu_features().avx512_bf16;
   if (M < (bf16_dot ? kDenseTilesMinMBf16 : kDenseTilesMinM)) return false;
@@ -35,6 +38,7 @@ inline bool use_dense_tiles(int64_t M, int64_t n, int64_t m, DType dt) {
   if (force && std::strcmp(force, "kernel") == 0) return false;
   if (force && std::strcmp(force, "tiles") == 0) return true;
   const bool x86_kernel = current_isa() == Isa::avx2 || current_isa() == Isa::avx512;
+  if (bf16_dot && cpu_features().amx_bf16) return true;
   return ((dt == DType::f32 && !x86_kernel) || bf16_dot) && 4 * n > m;
 }
 
