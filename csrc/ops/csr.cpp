@@ -149,14 +149,18 @@ std::vector<int64_t> run_spmm(const at::Tensor& row_ptr, const at::Tensor& cols,
 // 0.77-0.87x against 0.57-0.76x; M=16: 0.50-1.64x against 0.36-0.84x, decoding the weight costing as much as the
 // small GEMM). Only where torch's bf16 GEMM has dot products (AVX512-BF16: 2.2x the fp32 rate; elsewhere its bf16
 // GEMM is far slower than the kernel). fp32 never: MKL is only ~1.1x our kernel at density 0.5, M=128, less
-// than the decode costs. SPARSEOPS_CSR_LARGE_M=kernel|tiles forces a path (tests, benchmarks).
+// than the decode costs. With AMX (oneDNN's bf16 GEMM at ~2.5 TFLOP/s on two Xeon cores) the tiles win at
+// M = 128 down to density 0.1 (3.6 / 10.3 ms against the kernel's 6.7 / 16.2 ms; at 0.05 a tie or a loss) while
+// M = 16 stays with the kernel (bench/results/csr-bf16-paths-xeon2c-f3b4f8d, both forced in one sitting).
+// SPARSEOPS_CSR_LARGE_M=kernel|tiles forces a path (tests, benchmarks).
 bool use_dense_tiles(int64_t M, int64_t O, int64_t K, int64_t nnz, csr::DType dt) {
   const char* force = std::getenv("SPARSEOPS_CSR_LARGE_M");
   if (force && std::strcmp(force, "kernel") == 0) return false;
   if (force && std::strcmp(force, "tiles") == 0) return M > 1;
   const double density = static_cast<double>(nnz) / (static_cast<double>(O) * static_cast<double>(K));
+  const double sparse_floor = cpu_features().amx_bf16 ? 0.07 : 0.25;
   return dt == csr::DType::bf16 && cpu_features().avx512_bf16 &&
-         ((M >= 32 && density > 0.4) || (M >= 128 && density > 0.25));
+         ((M >= 32 && density > 0.4) || (M >= 128 && density > sparse_floor));
 }
 
 at::Tensor check_bias(const std::optional<at::Tensor>& bias_in, int64_t O, const at::Tensor& x, const char* who) {
