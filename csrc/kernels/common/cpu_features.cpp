@@ -30,6 +30,7 @@ CpuFeatures detect() {
   f.avx512_vpopcntdq = f.avx512 && __builtin_cpu_supports("avx512vpopcntdq");
   f.avx512_fp16 = f.avx512 && __builtin_cpu_supports("avx512fp16");
   f.amx_bf16 = __builtin_cpu_supports("amx-tile") && __builtin_cpu_supports("amx-bf16");
+  f.intel = __builtin_cpu_is("intel");
 #elif defined(__aarch64__)
   f.neon = true;
 #if defined(__linux__)

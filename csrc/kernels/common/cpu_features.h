@@ -17,6 +17,7 @@ struct CpuFeatures {
   bool avx512_vpopcntdq = false;
   bool avx512_fp16 = false;
   bool amx_bf16 = false;      // AMX-TILE + AMX-BF16 (torch's oneDNN bf16 GEMM uses them; our kernels do not)
+  bool intel = false;         // GenuineIntel (MKL's sgemm, which torch's fp32 GEMM uses, is fastest there)
   bool neon = false;          // always true on aarch64
   bool neon_fp16 = false;     // FEAT_FP16 arithmetic
   bool neon_bf16 = false;     // FEAT_BF16
