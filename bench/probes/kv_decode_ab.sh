@@ -3,7 +3,8 @@
 #   bash bench/probes/kv_decode_ab.sh OLD [NEW]      (NEW defaults to the working tree)
 # Builds partial_avx512x from each tree's csrc/kernels/kv/kv_avx512x.cpp (the VBMI2 variant) renamed to
 # partial_A / partial_B, links both with kv_decode_ab.cpp and the kernel library in build-cpp (for the compressor
-# and ISA detection), and runs fp32 / bf16 / fp16 at s = 0 and 0.7, T = 2048 (hot in cache) and 131072.
+# and ISA detection), and runs fp32 / bf16 / fp16 at s = 0 and 0.7, T = 2048 (hot in cache) and 131072
+# (KV_AB_T, KV_AB_S, KV_AB_D narrow the grid; dtype 0 fp32, 1 bf16, 2 fp16).
 set -euo pipefail
 root=$(git rev-parse --show-toplevel)
 tmp=$(mktemp -d)
@@ -19,4 +20,4 @@ done
 g++ -O2 -std=c++17 -I"$root/csrc" "$root/bench/probes/kv_decode_ab.cpp" "$tmp/A.o" "$tmp/B.o" \
   "$root/build-cpp/libsparseops_kernels.a" -o "$tmp/ab" -lpthread
 echo "# A = $1, B = ${2:-working tree}; $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), one thread"
-for T in 2048 131072; do for s in 0.0 0.7; do for d in 0 1 2; do "$tmp/ab" $T $s $d; done; done; done
+for T in ${KV_AB_T:-2048 131072}; do for s in ${KV_AB_S:-0.0 0.7}; do for d in ${KV_AB_D:-0 1 2}; do "$tmp/ab" $T $s $d; done; done; done

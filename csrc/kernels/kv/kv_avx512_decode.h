@@ -9,6 +9,7 @@
 //    offsets from one pointer (the token-major layout spilled 16 row pointers);
 //  - the softmax runs once per 64 tokens instead of per 16 (its reductions are serial latency);
 //  - P.V keeps 4 rows x 64 channels in registers across 16 tokens (one broadcast feeds four FMAs).
+// No software prefetch: a step-ahead one ran 5-20% slower in the bench (bench/results/kv-prefetch-ab-xeon2c-46873d2).
 // The accumulators live in a kernel-local buffer of Dp = D rounded up to 32 channels (a 16-channel tail
 // chunk is zero in its upper lanes everywhere), copied to `part` at the end.
 //
@@ -131,11 +132,6 @@ static inline void place_row(const typename L::T* row, int D, float* o, int64_t 
   }
 }
 
-static inline void prefetch(const void* p, int64_t bytes) {
-  const char* c = static_cast<const char*>(p);
-  for (int64_t o = 0; o < bytes; o += 64) _mm_prefetch(c + o, _MM_HINT_T0);
-}
-
 // 16 scores of one query row against the buffered block: per token one accumulator, folded by tree16.
 static inline __m512 row_scores(const float* q, const float* kbuf, int nc) {
   __m512 x[16];
@@ -216,15 +212,6 @@ void decode_partial_d(const AttnArgs& a, int64_t b, int64_t h, int64_t t0, int64
 
   for (int64_t T0 = t0; T0 < t1; T0 += kSuper) {
     const int N = static_cast<int>(std::min<int64_t>(kSuper, t1 - T0));
-    {  // the next step's records, a step ahead of use (the hardware prefetcher alone left the loop stalled)
-      const int64_t f0 = T0 + kSuper, f1 = std::min<int64_t>(std::min<int64_t>(t1, a.T), f0 + kSuper);
-      if (f0 < f1) {
-        prefetch(kb + f0 * nb, (f1 - f0) * nb);
-        prefetch(kvv + f0 * a.kk, (f1 - f0) * a.kk * sizeof(T));
-        prefetch(vb + f0 * nb, (f1 - f0) * nb);
-        prefetch(vvv + f0 * a.kv, (f1 - f0) * a.kv * sizeof(T));
-      }
-    }
     for (int j0 = 0; j0 < N; j0 += kBlock) {  // scores: s[r][j] = scale * q_r . k_j
       const int n = std::min(kBlock, N - j0);
       for (int j = 0; j < n; ++j) {
