@@ -57,6 +57,8 @@ struct Avx2Ops {
     __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
     int64_t j = 0;
     for (; j + 16 <= n; j += 16) {
+      prefetch_ahead<16>(c + j);
+      prefetch_ahead<16>(v + j);
       if (!in_range16(c + j, K)) {
         *bad = true;
         return 0.f;

@@ -52,6 +52,8 @@ struct Avx512Ops {
     __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
     int64_t j = 0;
     for (; j + 32 <= n; j += 32) {
+      prefetch_ahead<32>(c + j);
+      prefetch_ahead<32>(v + j);
       // every index < K (unsigned) before any is dereferenced
       if ((_mm512_cmplt_epu32_mask(idx16(c + j), kv) & _mm512_cmplt_epu32_mask(idx16(c + j + 16), kv)) != 0xffff) {
         *bad = true;
