@@ -1,7 +1,7 @@
-// x[c[0..4)] by scalar loads into one 128-bit vector, and a prefetch of the row streams, shared by the AVX2 and AVX-512 CSR GEMVs: on Zen 3 and
-// Zen 4 scalar loads and inserts beat vgatherdps (and Intel CPUs with the Gather Data Sampling microcode fix run
-// gathers far slower still). The caller checks the indices first. Internal linkage: included by files built
-// with different ISA flags.
+// Shared by the AVX2 and AVX-512 CSR GEMVs: x[c[0..4)] by scalar loads into one 128-bit vector (on Zen 3 and Zen 4
+// scalar loads and inserts beat vgatherdps, and Intel CPUs with the Gather Data Sampling microcode fix run gathers
+// far slower still; the caller checks the indices first), and a prefetch of the row streams. Internal linkage:
+// included by files built with different ISA flags.
 #pragma once
 #include <immintrin.h>
 
