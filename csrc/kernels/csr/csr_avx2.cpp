@@ -105,6 +105,12 @@ struct Avx2Ops {
     for (int t = 0; t < NV; ++t) a[t] = e[t] = _mm256_setzero_ps();
     int64_t j = 0;
     for (; j + 2 <= n; j += 2) {
+      // the entry streams, as in dot(), where one tile covers all of B's columns (M <= 16); with several column
+      // blocks per row the prefetches repeat and measured mixed at M=128 (csr-prefetch-tile-ab-xeon2c-31abde3)
+      if (NV * W <= 16 && (j & 31) == 0) {
+        prefetch_ahead<32>(c + j);
+        prefetch_ahead<32>(v + j);
+      }
       if ((static_cast<uint32_t>(c[j]) >= K) | (static_cast<uint32_t>(c[j + 1]) >= K)) {
         *bad = true;
         return;

@@ -87,6 +87,12 @@ struct Avx512Ops {
       for (int t = 0; t < NV; ++t) s[u][t] = _mm512_setzero_ps();
     int64_t j = 0;
     for (; j + U <= n; j += U) {
+      // the entry streams, as in dot(), where one tile covers all of B's columns (M <= 16); with several column
+      // blocks per row the prefetches repeat and measured mixed at M=128 (csr-prefetch-tile-ab-xeon2c-31abde3)
+      if (NV * W <= 16 && (j & 31) == 0) {
+        prefetch_ahead<32>(c + j);
+        prefetch_ahead<32>(v + j);
+      }
       uint32_t over = 0;
       for (int u = 0; u < U; ++u) over |= static_cast<uint32_t>(static_cast<uint32_t>(c[j + u]) >= K);
       if (over) {
