@@ -57,8 +57,7 @@ struct Avx2Ops {
     __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
     int64_t j = 0;
     for (; j + 16 <= n; j += 16) {
-      prefetch_ahead<16>(c + j);
-      prefetch_ahead<16>(v + j);
+      prefetch_entries<16>(v + j, c + j);
       if (!in_range16(c + j, K)) {
         *bad = true;
         return 0.f;
@@ -107,10 +106,7 @@ struct Avx2Ops {
     for (; j + 2 <= n; j += 2) {
       // the entry streams, as in dot(), where one tile covers all of B's columns (M <= 16); with several column
       // blocks per row the prefetches repeat and measured mixed at M=128 (csr-prefetch-tile-ab-xeon2c-31abde3)
-      if (NV * W <= 16 && (j & 31) == 0) {
-        prefetch_ahead<32>(c + j);
-        prefetch_ahead<32>(v + j);
-      }
+      if (NV * W <= 16 && (j & 31) == 0) prefetch_entries<32>(v + j, c + j);
       if ((static_cast<uint32_t>(c[j]) >= K) | (static_cast<uint32_t>(c[j + 1]) >= K)) {
         *bad = true;
         return;

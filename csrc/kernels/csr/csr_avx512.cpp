@@ -52,8 +52,7 @@ struct Avx512Ops {
     __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
     int64_t j = 0;
     for (; j + 32 <= n; j += 32) {
-      prefetch_ahead<32>(c + j);
-      prefetch_ahead<32>(v + j);
+      prefetch_entries<32>(v + j, c + j);
       // every index < K (unsigned) before any is dereferenced
       if ((_mm512_cmplt_epu32_mask(idx16(c + j), kv) & _mm512_cmplt_epu32_mask(idx16(c + j + 16), kv)) != 0xffff) {
         *bad = true;
@@ -89,10 +88,7 @@ struct Avx512Ops {
     for (; j + U <= n; j += U) {
       // the entry streams, as in dot(), where one tile covers all of B's columns (M <= 16); with several column
       // blocks per row the prefetches repeat and measured mixed at M=128 (csr-prefetch-tile-ab-xeon2c-31abde3)
-      if (NV * W <= 16 && (j & 31) == 0) {
-        prefetch_ahead<32>(c + j);
-        prefetch_ahead<32>(v + j);
-      }
+      if (NV * W <= 16 && (j & 31) == 0) prefetch_entries<32>(v + j, c + j);
       uint32_t over = 0;
       for (int u = 0; u < U; ++u) over |= static_cast<uint32_t>(static_cast<uint32_t>(c[j + u]) >= K);
       if (over) {

@@ -16,14 +16,16 @@ static inline __m128 load4(const float* x, const I* c) {
   return _mm_insert_ps(t, _mm_load_ss(x + c[3]), 0x30);
 }
 
-// Prefetches the kEntries entries of a row stream (indices or values) that sit 512 entries past p. The GEMV's
+// Prefetches the kEntries entries of a row's index and value streams that sit 512 entries past v / c. The GEMV's
 // scattered scalar loads of x left the hardware prefetcher behind on these two sequential streams: with this,
 // the bench GEMV (2 threads, Xeon) ran 1.3-2.9x faster at every sparsity and dtype
 // (bench/results/csr-prefetch-ab-xeon2c-f68e391.txt).
-template <int kEntries, class T>
-static inline void prefetch_ahead(const T* p) {
-  for (int o = 0; o < kEntries * static_cast<int>(sizeof(T)); o += 64)
-    _mm_prefetch(reinterpret_cast<const char*>(p + 512) + o, _MM_HINT_T0);
+template <int kEntries, class V, class I>
+static inline void prefetch_entries(const V* v, const I* c) {
+  for (int o = 0; o < kEntries * static_cast<int>(sizeof(I)); o += 64)
+    _mm_prefetch(reinterpret_cast<const char*>(c + 512) + o, _MM_HINT_T0);
+  for (int o = 0; o < kEntries * static_cast<int>(sizeof(V)); o += 64)
+    _mm_prefetch(reinterpret_cast<const char*>(v + 512) + o, _MM_HINT_T0);
 }
 
 }  // namespace

@@ -49,6 +49,23 @@ static inline int record_popcount(const uint8_t* bits, int nb) {
   return total;
 }
 
+// One online-softmax step of a query row for a block whose largest score is bm: false if the block carries no
+// weight (bm = -inf; the caller zeroes its weights), else raises the running max m to bm where bm is larger,
+// rescaling the running sum l and the row's accumulators (through rescale(alpha)) to the new max.
+template <class Rescale>
+static inline bool raise_max(float& m, float& l, float bm, Rescale&& rescale) {
+  if (bm == -std::numeric_limits<float>::infinity()) return false;
+  if (bm > m) {
+    if (m != -std::numeric_limits<float>::infinity()) {
+      const float alpha = std::exp(m - bm);
+      l *= alpha;
+      rescale(alpha);
+    }
+    m = bm;
+  }
+  return true;
+}
+
 template <class Ops>
 void attend_partial(const AttnArgs& a, int64_t b, int64_t h, int64_t t0, int64_t t1, float* part) {
   const int D = static_cast<int>(a.D);
@@ -103,17 +120,9 @@ void attend_partial(const AttnArgs& a, int64_t b, int64_t h, int64_t t0, int64_t
       for (int j = 0; j < n; ++j) bm = std::max(bm, sr[j]);
       float& m = part[r * P];
       float& l = part[r * P + 1];
-      if (bm == ninf) {  // every score -inf: these tokens carry no weight
-        std::fill(sr, sr + n, 0.0f);
+      if (!raise_max(m, l, bm, [&](float alpha) { Ops::scal(part + r * P + 2, alpha, D); })) {
+        std::fill(sr, sr + n, 0.0f);  // every score -inf: these tokens carry no weight
         continue;
-      }
-      if (bm > m) {
-        if (m != ninf) {
-          const float alpha = std::exp(m - bm);
-          l *= alpha;
-          Ops::scal(part + r * P + 2, alpha, D);
-        }
-        m = bm;
       }
       l += Ops::exp_sum(sr, m, n);
     }

@@ -36,35 +36,36 @@ constexpr int kC = 32;                // channels per chunk
 constexpr int kSuper = 64;            // tokens per softmax step (kBlock = 16 tokens per buffer fill)
 constexpr int kCS = kBlock * kC;      // floats per chunk of a block buffer
 
-// bf16 with VBMI2: one vpexpandw, widened in "pair order" (16 even channels, then 16 odd: a shift and an and).
-struct LoadBf16Vbmi2 {
+// bf16 / fp16 with VBMI2: one vpexpandw per chunk; Halves widens the 32 lanes into the two fp32 halves.
+template <class Halves>
+struct LoadVbmi2 : Halves {
   using T = uint16_t;
+  static inline int chunk(const T* v, uint32_t w, float* o) {
+    Halves::halves(_mm512_maskz_expandloadu_epi16(w, v), o);
+    return __builtin_popcount(w);
+  }
+  static inline void dense(const T* row, float* o) { Halves::halves(_mm512_loadu_si512(row), o); }
+};
+
+// bf16 in "pair order" (16 even channels, then 16 odd: a shift and an and).
+struct Bf16Pairs {
   static inline void halves(__m512i x, float* o) {
     _mm512_store_ps(o, _mm512_castsi512_ps(_mm512_slli_epi32(x, 16)));
     _mm512_store_ps(o + 16, _mm512_castsi512_ps(_mm512_and_si512(x, _mm512_set1_epi32(int(0xffff0000u)))));
   }
-  static inline int chunk(const T* v, uint32_t w, float* o) {
-    halves(_mm512_maskz_expandloadu_epi16(w, v), o);
-    return __builtin_popcount(w);
-  }
-  static inline void dense(const T* row, float* o) { halves(_mm512_loadu_si512(row), o); }
   static constexpr int channel(int half, int lane) { return 2 * lane + half; }
 };
 
-// fp16 with VBMI2: one vpexpandw, each 256-bit half converted (channel order).
-struct LoadF16Vbmi2 {
-  using T = uint16_t;
+// fp16: each 256-bit half converted (channel order).
+struct F16Halves {
   static inline void halves(__m512i x, float* o) {
     _mm512_store_ps(o, _mm512_cvtph_ps(_mm512_castsi512_si256(x)));
     _mm512_store_ps(o + 16, _mm512_cvtph_ps(_mm512_extracti64x4_epi64(x, 1)));
   }
-  static inline int chunk(const T* v, uint32_t w, float* o) {
-    halves(_mm512_maskz_expandloadu_epi16(w, v), o);
-    return __builtin_popcount(w);
-  }
-  static inline void dense(const T* row, float* o) { halves(_mm512_loadu_si512(row), o); }
   static constexpr int channel(int half, int lane) { return 16 * half + lane; }
 };
+using LoadBf16Vbmi2 = LoadVbmi2<Bf16Pairs>;
+using LoadF16Vbmi2 = LoadVbmi2<F16Halves>;
 
 // Any dtype without VBMI2 (fp32 with it too): per 16 channels, the values widened to fp32 then vexpandps
 // (fp32: one expand-load). Channel order.
@@ -187,19 +188,19 @@ void decode_partial_d(const AttnArgs& a, int64_t b, int64_t h, int64_t t0, int64
   const int nc = (D + kC - 1) / kC, Dp = nc * kC, nb = D / 8;
   const int64_t G = a.Hq / a.Hkv, R = G * a.Lq, P = D + 2;
   const float ninf = -std::numeric_limits<float>::infinity();
-  // One allocation, each part a multiple of 64 bytes: q rows, accumulators, K and V blocks, scores /
-  // weights [R][kSuper], scratch for a malformed record.
-  std::vector<float> buf(2 * R * Dp + 2 * nc * kCS + R * kSuper + Dp + 16);
+  // One allocation, each part a multiple of 64 bytes but the last: q rows, accumulators, K and V blocks,
+  // scores / weights [R][kSuper], scratch for a malformed record, running max and sum per row.
+  std::vector<float> buf(2 * R * Dp + 2 * nc * kCS + R * kSuper + Dp + 2 * R + 16);
   float* qf = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(buf.data()) + 63) & ~uintptr_t(63));
   float* acc = qf + R * Dp;
   float* kbuf = acc + R * Dp;
   float* vbuf = kbuf + nc * kCS;
   float* s = vbuf + nc * kCS;
   T* tmp = reinterpret_cast<T*>(s + R * kSuper);
+  float* ml = s + R * kSuper + Dp;  // past tmp (Dp values of at most 4 bytes)
 
   const T* q = static_cast<const T*>(a.q) + (b * a.Hq + h * G) * a.Lq * D;
   for (int64_t r = 0; r < R; ++r) place_row<L>(q + r * D, D, qf + r * Dp, kC);
-  std::vector<float> ml(2 * R);  // running max and sum of exp per row
   for (int64_t r = 0; r < R; ++r) ml[2 * r] = ninf;
   const int64_t bh = b * a.Hkv + h;
   const uint8_t* kb = a.k_bits + bh * a.Tcap_k * nb;
@@ -233,17 +234,9 @@ void decode_partial_d(const AttnArgs& a, int64_t b, int64_t h, int64_t t0, int64
       const float bm = _mm512_reduce_max_ps(mx);
       float& m = ml[2 * r];
       float& l = ml[2 * r + 1];
-      if (bm == ninf) {  // every score -inf: these tokens carry no weight
-        std::fill(sr, sr + N, 0.0f);
+      if (!raise_max(m, l, bm, [&](float alpha) { scal(acc + r * Dp, alpha, Dp); })) {
+        std::fill(sr, sr + N, 0.0f);  // every score -inf: these tokens carry no weight
         continue;
-      }
-      if (bm > m) {
-        if (m != ninf) {
-          const float alpha = std::exp(m - bm);
-          l *= alpha;
-          scal(acc + r * Dp, alpha, Dp);
-        }
-        m = bm;
       }
       const __m512 mv = _mm512_set1_ps(m);
       __m512 sum = _mm512_setzero_ps();
