@@ -18,7 +18,7 @@ static inline __m128 load4(const float* x, const I* c) {
 
 // Prefetches the kEntries entries of a row's index and value streams that sit 512 entries past v / c. The GEMV's
 // scattered scalar loads of x left the hardware prefetcher behind on these two sequential streams: with this,
-// the bench GEMV (2 threads, Xeon) ran 1.3-2.9x faster at every sparsity and dtype
+// the bench GEMV (2 threads, Xeon) ran 1.3-3.1x faster at every sparsity and dtype
 // (bench/results/csr-prefetch-ab-xeon2c-f68e391.txt).
 template <int kEntries, class V, class I>
 static inline void prefetch_entries(const V* v, const I* c) {
