@@ -146,6 +146,29 @@ void test_nm_malformed(Harness& h) {
             h.check(g == want_g, "find_bad_group %d:%d %s at row %lld col %lld: %lld, want %lld", n, m, c.what,
                     (long long)c.row, (long long)c.k, (long long)g, (long long)want_g);
         }
+        // A kept bit moved to another byte of the same 16-column chunk: every chunk's count holds but two groups'
+        // do not. A kernel may name the row (the byte-count check of Place64) or compute exactly what the mask
+        // says (the chunk-count check of the expanding paths); nothing else.
+        if (m <= 8) {
+          const int64_t row = 4, k_from = kept_bit(row, 0, true), k_to = kept_bit(row, 8 / m, false);
+          NmWeight w = base;
+          w.mask[row * row_bytes + k_from / 8] &= static_cast<uint8_t>(~(1u << (k_from % 8)));
+          w.mask[row * row_bytes + k_to / 8] |= static_cast<uint8_t>(1u << (k_to % 8));
+          Buf as_given(d, O * K);  // the values placed in order on the set bits
+          for (int64_t o = 0; o < O; ++o)
+            for (int64_t k = 0, v = 0; k < K; ++k)
+              as_given.set(o * K + k, ((w.mask[o * row_bytes + k / 8] >> (k % 8)) & 1) ? w.values.get(o * w.kept + v++) : 0.0f);
+          std::vector<double> ref, scale;
+          reference(x, K, as_given, nullptr, M, O, K, ref, scale);
+          for (int64_t mm : {int64_t(1), M}) {
+            const int64_t r = fn(make_args(d, w, mm, x, K, nullptr, y, O), 0, O);
+            bool exact = r == -1;
+            for (int64_t i = 0; i < mm && exact; ++i)
+              for (int64_t o = 0; o < O; ++o) exact = exact && close(y.get(i * O + o), ref[i * O + o], scale[i * O + o], d, K);
+            h.check(r == row || exact, "nm %s %d:%d %s M=%lld moved bit: returned %lld and %s", isa_name(isa), n, m,
+                    dtype_name(d), (long long)mm, (long long)r, r == -1 ? "a result off the mask as given" : "the wrong row");
+          }
+        }
         // A whole row of set bits (reads as far as a kernel could be tempted to) and a range that
         // starts past an earlier bad row.
         NmWeight w = base;

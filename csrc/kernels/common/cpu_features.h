@@ -15,6 +15,7 @@ struct CpuFeatures {
   bool avx512_bf16 = false;   // vdpbf16ps
   bool avx512_vbmi2 = false;  // 16-bit expand/compress
   bool avx512_vpopcntdq = false;
+  bool avx512_bitalg = false;  // vpopcntb
   bool avx512_fp16 = false;
   bool amx_bf16 = false;      // AMX-TILE + AMX-BF16 (torch's oneDNN bf16 GEMM uses them; our kernels do not)
   bool intel = false;         // GenuineIntel (MKL's sgemm, which torch's fp32 GEMM uses, is fastest there)
@@ -24,8 +25,8 @@ struct CpuFeatures {
 };
 
 const CpuFeatures& cpu_features();
-// True when the *_avx512x paths may run: the CPU has AVX512-BF16, VBMI2 and VPOPCNTDQ (Zen 4, Sapphire
-// Rapids) and SPARSEOPS_AVX512_EXT is not "0" (which tests use to cover the plain AVX-512 fallbacks).
+// True when the *_avx512x paths may run: the CPU has AVX512-BF16, VBMI2, VPOPCNTDQ and BITALG (Zen 4,
+// Sapphire Rapids) and SPARSEOPS_AVX512_EXT is not "0" (which tests use to cover the plain AVX-512 fallbacks).
 bool avx512_ext();
 // Override for tests (false forces the fallbacks; true is ignored where the CPU lacks the extensions).
 void set_avx512_ext(bool enabled);

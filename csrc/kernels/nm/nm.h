@@ -44,9 +44,9 @@ struct LinearArgs {
 // y[:, o_begin:o_end] = x @ W[o_begin:o_end]^T + bias, accumulated in fp32 and rounded once.
 // Callers parallelise over disjoint output ranges; shapes, dtypes and n:m must be checked by the caller.
 // The mask itself may be untrusted: every variant counts the set bits of each chunk of columns it
-// processes (a free scalar popcount beside the vector math) and never reads a value outside the
-// chunk's fixed slice. Returns -1 when every row's chunks hold the expected count, else the first
-// bad output row (its outputs are then unspecified). Inputs with NaN/Inf must give what dense math
+// processes (a free scalar popcount beside the vector math; 8-column chunks, one per mask byte, where
+// the AVX-512 bf16 GEMV places values by permutation) and never reads a value outside the chunk's fixed
+// slice. Returns -1 when every row's chunks hold the expected count, else the first bad output row (its outputs are then unspecified). Inputs with NaN/Inf must give what dense math
 // gives (0 * Inf = NaN at pruned positions).
 using LinearFn = int64_t (*)(const LinearArgs&, int64_t o_begin, int64_t o_end);
 int64_t linear_scalar(const LinearArgs&, int64_t o_begin, int64_t o_end);
@@ -67,6 +67,8 @@ using DecodeRowsFn = int64_t (*)(const LinearArgs& a, void* dense, int64_t ld, i
 int64_t decode_rows_scalar(const LinearArgs& a, void* dense, int64_t ld, int64_t o_begin, int64_t o_end);
 int64_t decode_rows_avx2(const LinearArgs& a, void* dense, int64_t ld, int64_t o_begin, int64_t o_end);
 int64_t decode_rows_avx512(const LinearArgs& a, void* dense, int64_t ld, int64_t o_begin, int64_t o_end);
+// bf16 / f16 with AVX512-BF16 + VBMI2 (avx512_ext()): vpexpandw straight to 16-bit; called by decode_rows_avx512.
+int64_t decode_rows16_avx512x(const LinearArgs& a, void* dense, int64_t ld, int64_t o_begin, int64_t o_end);
 // The best decoder for an ISA (NEON uses the scalar one).
 DecodeRowsFn decode_rows_kernel(Isa isa);
 

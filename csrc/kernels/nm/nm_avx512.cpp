@@ -21,6 +21,7 @@ int64_t linear_avx512(const LinearArgs& a, int64_t o_begin, int64_t o_end) {
 }
 
 int64_t decode_rows_avx512(const LinearArgs& a, void* dense, int64_t ld, int64_t o_begin, int64_t o_end) {
+  if (a.dtype != DType::f32 && avx512_ext()) return decode_rows16_avx512x(a, dense, ld, o_begin, o_end);
   return x86::decode_rows<Avx512Dec>(a, dense, ld, o_begin, o_end);
 }
 

@@ -8,16 +8,54 @@
 
 namespace sparseops::nm {
 
-// bf16 at M == 1 with AVX512-BF16 + VBMI2: 32-column chunks, the 32 mask bits are the k-mask of
-// vpexpandw (register form, after a masked load of exactly 32n/m values), and vdpbf16ps multiplies
-// the expanded bf16 weight with the bf16 x directly (exact products, fp32 sums): half the
-// instructions of widening to fp32. Columns past the last full 32-chunk take the 16-column path.
+namespace {
+
+// vpexpandw without vpexpandw, for patterns whose every mask byte holds the same count c = 8n/m of kept
+// columns (m <= 8) and whose 64 columns keep at most 32 values (n/m <= 1/2). A register vpexpandw (or
+// vexpandps) issues once per ~5 cycles on Zen 5 (1.23 ns each, 4 independent chains), which bounded every
+// expanding loop there; vpermw issues about once per cycle. Each kept column's source lane is its byte's base
+// (c per earlier byte) plus the set bits below it in its byte: vpshufb spreads each mask byte over its 8 lanes,
+// an AND keeps the bits below the lane, vpopcntb counts them.
+struct Place64 {
+  __m512i spread, below, base, count;
+  __mmask32 ld;  // the 8c values of 64 columns
+  explicit Place64(int c) : count(_mm512_set1_epi8(static_cast<char>(c))),
+                            ld(static_cast<__mmask32>((uint64_t(1) << (8 * c)) - 1)) {
+    alignas(64) uint8_t sp[64], be[64], ba[64];
+    for (int j = 0; j < 64; ++j) {
+      sp[j] = static_cast<uint8_t>(j / 8);  // vpshufb indexes within 128-bit lanes; each holds all 8 bytes of `bits`
+      be[j] = static_cast<uint8_t>((1u << (j % 8)) - 1u);
+      ba[j] = static_cast<uint8_t>((j / 8) * c);
+    }
+    spread = _mm512_load_si512(sp); below = _mm512_load_si512(be); base = _mm512_load_si512(ba);
+  }
+  static bool fits(int n, int m) { return m <= 8 && 2 * n <= m; }
+  // Columns [0, 32) to lo and [32, 64) to hi from their kept values v (the first 8c words); returns a nonzero
+  // mask when a byte's count is not c (the outputs are then unspecified).
+  inline __mmask64 place(uint64_t bits, __m512i v, __m512i& lo, __m512i& hi) const {
+    const __m512i mb = _mm512_set1_epi64(static_cast<long long>(bits));
+    const __m512i idx = _mm512_add_epi8(_mm512_popcnt_epi8(_mm512_and_si512(_mm512_shuffle_epi8(mb, spread), below)), base);
+    lo = _mm512_maskz_permutexvar_epi16(static_cast<__mmask32>(bits), _mm512_cvtepu8_epi16(_mm512_castsi512_si256(idx)), v);
+    hi = _mm512_maskz_permutexvar_epi16(static_cast<__mmask32>(bits >> 32),
+                                        _mm512_cvtepu8_epi16(_mm512_extracti64x4_epi64(idx, 1)), v);
+    return _mm512_cmpneq_epi8_mask(_mm512_popcnt_epi8(mb), count);
+  }
+};
+
+}  // namespace
+
+// bf16 at M == 1 with AVX512-BF16 + VBMI2: vdpbf16ps multiplies the placed bf16 weight with the bf16 x
+// directly (exact products, fp32 sums): half the instructions of widening to fp32. Where Place64 fits, 64
+// columns at a time; else 32-column chunks whose 32 mask bits are the k-mask of vpexpandw (register form, after
+// a masked load of exactly 32n/m values). Columns past the last full 32-chunk take the 16-column path.
 int64_t linear_m1_bf16_avx512x(const LinearArgs& a, int64_t o_begin, int64_t o_end) {
   const x86::Geo g(a);
   const int64_t n32 = a.K / 32, cnt32 = 2 * g.cnt;
   const __mmask32 ld = static_cast<__mmask32>((uint64_t(1) << cnt32) - 1);
   const int64_t k32 = n32 * 32;              // columns done by the dp loop
   const bool mid = (a.K - k32) >= 16;        // one 16-column chunk after them
+  const bool placing = Place64::fits(g.n, g.m);
+  const Place64 pl(placing ? 8 * g.n / g.m : 0);
   const uint16_t* x = static_cast<const uint16_t*>(a.x);
   alignas(64) float xt[32] = {};             // fp32 x of columns [k32, K)
   for (int64_t k = k32; k < a.K; ++k) xt[k - k32] = bf16_to_f32(x[k]);
@@ -37,15 +75,28 @@ int64_t linear_m1_bf16_avx512x(const LinearArgs& a, int64_t o_begin, int64_t o_e
       // Bit 32 forces a 64-bit popcnt on a fresh register (see Avx512Dec::decode).
       bad |= static_cast<int>(__builtin_popcountll(bits | (uint64_t(1) << 32)) ^ (cnt32 + 1));
     };
+    auto step64 = [&](int64_t cc, int h) __attribute__((always_inline)) {  // chunks cc, cc + 1
+      uint64_t bits;
+      std::memcpy(&bits, mr + 4 * cc, 8);
+      __m512i lo, hi;
+      bad |= pl.place(bits, _mm512_maskz_loadu_epi16(pl.ld, vr + cc * cnt32), lo, hi) != 0;
+      acc[h] = _mm512_dpbf16_ps(acc[h], (__m512bh)lo, (__m512bh)_mm512_loadu_si512(x + cc * 32));
+      acc[h + 1] = _mm512_dpbf16_ps(acc[h + 1], (__m512bh)hi, (__m512bh)_mm512_loadu_si512(x + cc * 32 + 32));
+    };
     int64_t c = 0;
     for (; c + 4 <= n32; c += 4) {
       __builtin_prefetch(vr + (c + 128) * cnt32);
       __builtin_prefetch(vr + (c + 128) * cnt32 + 32);
       if ((c & 15) == 0) __builtin_prefetch(mr + 4 * (c + 128));
-      step(c, 0);
-      step(c + 1, 1);
-      step(c + 2, 2);
-      step(c + 3, 3);
+      if (placing) {
+        step64(c, 0);
+        step64(c + 2, 2);
+      } else {
+        step(c, 0);
+        step(c + 1, 1);
+        step(c + 2, 2);
+        step(c + 3, 3);
+      }
     }
     for (; c < n32; ++c) step(c, 0);
     __m512 tail = _mm512_setzero_ps();
@@ -77,8 +128,12 @@ int64_t linear_m1_bf16_avx512x(const LinearArgs& a, int64_t o_begin, int64_t o_e
 // decoded once per row block (16-column decoder + scalar tail) into one zero-padded bf16 vector.
 namespace {
 
-static void tail_bf16(const LinearArgs& a, const x86::Geo& g, const Avx512Dec::Slice& sl, int64_t o, uint16_t* t,
-                      int& bad) {
+// The columns past the last full 32-chunk of row o (a 16-column chunk and/or a partial one) as 16-bit values in
+// t[0, K - 32 * (K / 32)), zero padded to 32. The fp32 lanes were widened from 16-bit values, so narrowing them
+// back is exact.
+template <DType D>
+static void tail16(const LinearArgs& a, const x86::Geo& g, const Avx512Dec::Slice& sl, int64_t o, uint16_t* t,
+                   int& bad) {
   const int64_t n32 = a.K / 32;
   const bool mid = (a.K - n32 * 32) >= 16;
   std::memset(t, 0, 64);
@@ -87,20 +142,18 @@ static void tail_bf16(const LinearArgs& a, const x86::Geo& g, const Avx512Dec::S
   int lane = 0;
   if (mid) {
     Avx512Dec::Chunk w;
-    bad |= Avx512Dec::decode<DType::bf16>(sl, vr, mr, 2 * n32, w.v);
-    // the fp32 lanes were widened from bf16: their high halves are the exact bf16 bits
-    _mm256_store_si256(reinterpret_cast<__m256i*>(t),
-                       _mm512_cvtepi32_epi16(_mm512_srli_epi32(_mm512_castps_si512((__m512)w.v[0]), 16)));
+    bad |= Avx512Dec::decode<D>(sl, vr, mr, 2 * n32, w.v);
+    const __m512 f = (__m512)w.v[0];
+    const __m256i h = D == DType::bf16 ? _mm512_cvtepi32_epi16(_mm512_srli_epi32(_mm512_castps_si512(f), 16))
+                                       : _mm512_cvtps_ph(f, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    _mm256_store_si256(reinterpret_cast<__m256i*>(t), h);
     lane = 16;
   }
   if (g.tw) {
     alignas(64) float f[16];
-    bad |= !x86::decode_tail(DType::bf16, g, a.values, a.mask, o, f);
-    for (int j = 0; j < g.tw; ++j) {
-      uint32_t u;
-      std::memcpy(&u, f + j, 4);
-      t[lane + j] = static_cast<uint16_t>(u >> 16);
-    }
+    bad |= !x86::decode_tail(D, g, a.values, a.mask, o, f);
+    for (int j = 0; j < g.tw; ++j)
+      t[lane + j] = D == DType::bf16 ? static_cast<uint16_t>(f32_to_bits(f[j]) >> 16) : f32_to_f16(f[j]);
   }
 }
 
@@ -128,7 +181,7 @@ int block_dp(const LinearArgs& a, const x86::Geo& g, const Avx512Dec::Slice& sl,
   alignas(64) uint16_t wt[4][32];  // the tail chunk's weights, decoded before the accumulators are live
   int tbad = 0;
   if (k32 < a.K)
-    for (int r = 0; r < 4; ++r) tail_bf16(a, g, sl, o0 + (r < R ? r : 0), wt[r], tbad);
+    for (int r = 0; r < 4; ++r) tail16<DType::bf16>(a, g, sl, o0 + (r < R ? r : 0), wt[r], tbad);
   uint64_t bad = static_cast<uint64_t>(tbad);
 #define SPARSEOPS_Z(r) __m512 a##r##0 = _mm512_setzero_ps(), a##r##1 = a##r##0, a##r##2 = a##r##0, \
                               a##r##3 = a##r##0, a##r##4 = a##r##0, a##r##5 = a##r##0;
@@ -221,6 +274,39 @@ int64_t linear_bf16_dp_avx512x(const LinearArgs& a, int64_t o_begin, int64_t o_e
   }
   std::free(xp);
   return bad;
+}
+
+// 16-bit rows to dense by vpexpandw, 32 columns per step, for the glue's dense-GEMM tiles: the generic decoder
+// widens every value to fp32 and narrows it back one at a time. (Place64 instead ran no faster here: the
+// tile's stores bound it.)
+int64_t decode_rows16_avx512x(const LinearArgs& a, void* dense, int64_t ld, int64_t o_begin, int64_t o_end) {
+  const x86::Geo g(a);
+  const Avx512Dec::Slice sl(g);
+  const int64_t n32 = a.K / 32, cnt32 = 2 * g.cnt, k32 = n32 * 32;
+  const __mmask32 ldm = static_cast<__mmask32>((uint64_t(1) << cnt32) - 1);
+  const uint64_t one = uint64_t(1) << 32, want = static_cast<uint64_t>(cnt32 + 1);
+  for (int64_t o = o_begin; o < o_end; ++o) {
+    const uint8_t* mr = a.mask + o * g.rb;
+    const uint16_t* vr = static_cast<const uint16_t*>(a.values) + o * g.kept;
+    uint16_t* dr = static_cast<uint16_t*>(dense) + (o - o_begin) * ld;
+    uint64_t bad = 0;
+    for (int64_t c = 0; c < n32; ++c) {
+      uint32_t bits;
+      std::memcpy(&bits, mr + 4 * c, 4);
+      _mm512_storeu_si512(dr + c * 32, _mm512_maskz_expand_epi16(bits, _mm512_maskz_loadu_epi16(ldm, vr + c * cnt32)));
+      bad |= __builtin_popcountll(bits | one) ^ want;  // bit 32: see Avx512Dec::decode
+    }
+    if (k32 < a.K) {
+      alignas(64) uint16_t t[32];
+      int tb = 0;
+      if (a.dtype == DType::bf16) tail16<DType::bf16>(a, g, sl, o, t, tb);
+      else tail16<DType::f16>(a, g, sl, o, t, tb);
+      std::memcpy(dr + k32, t, static_cast<size_t>(a.K - k32) * 2);
+      bad |= static_cast<uint64_t>(tb);
+    }
+    if (bad) return o;
+  }
+  return -1;
 }
 
 }  // namespace sparseops::nm
