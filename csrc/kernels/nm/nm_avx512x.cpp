@@ -13,32 +13,50 @@ namespace {
 // vpexpandw without vpexpandw, for patterns whose every mask byte holds the same count c = 8n/m of kept
 // columns (m <= 8) and whose 64 columns keep at most 32 values (n/m <= 1/2). A register vpexpandw (or
 // vexpandps) issues once per ~5 cycles on Zen 5 (1.23 ns each, 4 independent chains), which bounded every
-// expanding loop there; vpermw issues about once per cycle. Each kept column's source lane is its byte's base
-// (c per earlier byte) plus the set bits below it in its byte: vpshufb spreads each mask byte over its 8 lanes,
-// an AND keeps the bits below the lane, vpopcntb counts them.
+// expanding loop there; vpermw issues about once per cycle. Each kept column's source word is its byte's base
+// (c per earlier byte) plus the set bits below it in its byte: vpshufb puts each column's mask byte in its word
+// lane, an AND keeps the bits below the column, vpopcntw counts them. The byte counts are checked apart, a row
+// at a time (check()).
 struct Place64 {
-  __m512i spread, below, base, count;
+  __m512i sel_lo, sel_hi, below, base_lo, base_hi, count;
   __mmask32 ld;  // the 8c values of 64 columns
   explicit Place64(int c) : count(_mm512_set1_epi8(static_cast<char>(c))),
                             ld(static_cast<__mmask32>((uint64_t(1) << (8 * c)) - 1)) {
-    alignas(64) uint8_t sp[64], be[64], ba[64];
-    for (int j = 0; j < 64; ++j) {
-      sp[j] = static_cast<uint8_t>(j / 8);  // vpshufb indexes within 128-bit lanes; each holds all 8 bytes of `bits`
-      be[j] = static_cast<uint8_t>((1u << (j % 8)) - 1u);
-      ba[j] = static_cast<uint8_t>((j / 8) * c);
+    alignas(64) uint8_t sl[64], sh[64];
+    alignas(64) uint16_t be[32], bl[32], bh[32];
+    for (int j = 0; j < 32; ++j) {
+      // vpshufb indexes within 128-bit lanes, each of which holds all 8 mask bytes (a broadcast); 0x80 gives 0
+      sl[2 * j] = static_cast<uint8_t>(j / 8); sh[2 * j] = static_cast<uint8_t>(4 + j / 8);
+      sl[2 * j + 1] = sh[2 * j + 1] = 0x80;
+      be[j] = static_cast<uint16_t>((1u << (j % 8)) - 1u);
+      bl[j] = static_cast<uint16_t>((j / 8) * c); bh[j] = static_cast<uint16_t>((4 + j / 8) * c);
     }
-    spread = _mm512_load_si512(sp); below = _mm512_load_si512(be); base = _mm512_load_si512(ba);
+    sel_lo = _mm512_load_si512(sl); sel_hi = _mm512_load_si512(sh); below = _mm512_load_si512(be);
+    base_lo = _mm512_load_si512(bl); base_hi = _mm512_load_si512(bh);
   }
   static bool fits(int n, int m) { return m <= 8 && 2 * n <= m; }
-  // Columns [0, 32) to lo and [32, 64) to hi from their kept values v (the first 8c words); returns a nonzero
-  // mask when a byte's count is not c (the outputs are then unspecified).
-  inline __mmask64 place(uint64_t bits, __m512i v, __m512i& lo, __m512i& hi) const {
-    const __m512i mb = _mm512_set1_epi64(static_cast<long long>(bits));
-    const __m512i idx = _mm512_add_epi8(_mm512_popcnt_epi8(_mm512_and_si512(_mm512_shuffle_epi8(mb, spread), below)), base);
-    lo = _mm512_maskz_permutexvar_epi16(static_cast<__mmask32>(bits), _mm512_cvtepu8_epi16(_mm512_castsi512_si256(idx)), v);
-    hi = _mm512_maskz_permutexvar_epi16(static_cast<__mmask32>(bits >> 32),
-                                        _mm512_cvtepu8_epi16(_mm512_extracti64x4_epi64(idx, 1)), v);
-    return _mm512_cmpneq_epi8_mask(_mm512_popcnt_epi8(mb), count);
+  // Columns [0, 32) to lo and [32, 64) to hi from the 8 mask bytes at m8 and their kept values v (the first 8c
+  // words). A byte whose count is not c gives unspecified outputs (check() names its row).
+  inline void place(const uint8_t* m8, __m512i v, __m512i& lo, __m512i& hi) const {
+    int64_t q;
+    uint32_t k0, k1;
+    std::memcpy(&q, m8, 8); std::memcpy(&k0, m8, 4); std::memcpy(&k1, m8 + 4, 4);
+    const __m512i mb = _mm512_set1_epi64(q);
+    const __m512i il = _mm512_add_epi16(_mm512_popcnt_epi16(_mm512_and_si512(_mm512_shuffle_epi8(mb, sel_lo), below)), base_lo);
+    const __m512i ih = _mm512_add_epi16(_mm512_popcnt_epi16(_mm512_and_si512(_mm512_shuffle_epi8(mb, sel_hi), below)), base_hi);
+    lo = _mm512_maskz_permutexvar_epi16(k0, il, v);
+    hi = _mm512_maskz_permutexvar_epi16(k1, ih, v);
+  }
+  // Nonzero if any of the n mask bytes at m does not hold c set bits.
+  inline __mmask64 check(const uint8_t* m, int64_t n) const {
+    __mmask64 bad = 0;
+    int64_t b = 0;
+    for (; b + 64 <= n; b += 64) bad |= _mm512_cmpneq_epi8_mask(_mm512_popcnt_epi8(_mm512_loadu_si512(m + b)), count);
+    if (b < n) {
+      const __mmask64 live = (~uint64_t(0)) >> (64 - (n - b));
+      bad |= _mm512_mask_cmpneq_epi8_mask(live, _mm512_popcnt_epi8(_mm512_maskz_loadu_epi8(live, m + b)), count);
+    }
+    return bad;
   }
 };
 
@@ -76,13 +94,12 @@ int64_t linear_m1_bf16_avx512x(const LinearArgs& a, int64_t o_begin, int64_t o_e
       bad |= static_cast<int>(__builtin_popcountll(bits | (uint64_t(1) << 32)) ^ (cnt32 + 1));
     };
     auto step64 = [&](int64_t cc, int h) __attribute__((always_inline)) {  // chunks cc, cc + 1
-      uint64_t bits;
-      std::memcpy(&bits, mr + 4 * cc, 8);
       __m512i lo, hi;
-      bad |= pl.place(bits, _mm512_maskz_loadu_epi16(pl.ld, vr + cc * cnt32), lo, hi) != 0;
+      pl.place(mr + 4 * cc, _mm512_maskz_loadu_epi16(pl.ld, vr + cc * cnt32), lo, hi);
       acc[h] = _mm512_dpbf16_ps(acc[h], (__m512bh)lo, (__m512bh)_mm512_loadu_si512(x + cc * 32));
       acc[h + 1] = _mm512_dpbf16_ps(acc[h + 1], (__m512bh)hi, (__m512bh)_mm512_loadu_si512(x + cc * 32 + 32));
     };
+    if (placing) bad |= pl.check(mr, n32 / 4 * 16) != 0;  // the bytes step64 reads
     int64_t c = 0;
     for (; c + 4 <= n32; c += 4) {
       __builtin_prefetch(vr + (c + 128) * cnt32);
