@@ -16,7 +16,19 @@ namespace {
 // expanding loop there; vpermw issues about once per cycle. Each kept column's source word is its byte's base
 // (c per earlier byte) plus the set bits below it in its byte: vpshufb puts each column's mask byte in its word
 // lane, an AND keeps the bits below the column, vpopcntw counts them. The byte counts are checked apart, a row
-// at a time (check()).
+// at a time (bytes_off()).
+// Nonzero if any of the n mask bytes at m does not hold count (a vector of c) set bits.
+static inline __mmask64 bytes_off(const uint8_t* m, int64_t n, __m512i count) {
+  __mmask64 bad = 0;
+  int64_t b = 0;
+  for (; b + 64 <= n; b += 64) bad |= _mm512_cmpneq_epi8_mask(_mm512_popcnt_epi8(_mm512_loadu_si512(m + b)), count);
+  if (b < n) {
+    const __mmask64 live = (~uint64_t(0)) >> (64 - (n - b));
+    bad |= _mm512_mask_cmpneq_epi8_mask(live, _mm512_popcnt_epi8(_mm512_maskz_loadu_epi8(live, m + b)), count);
+  }
+  return bad;
+}
+
 struct Place64 {
   __m512i sel_lo, sel_hi, below, base_lo, base_hi, count;
   __mmask32 ld;  // the 8c values of 64 columns
@@ -36,7 +48,7 @@ struct Place64 {
   }
   static bool fits(int n, int m) { return m <= 8 && 2 * n <= m; }
   // Columns [0, 32) to lo and [32, 64) to hi from the 8 mask bytes at m8 and their kept values v (the first 8c
-  // words). A byte whose count is not c gives unspecified outputs (check() names its row).
+  // words). A byte whose count is not c gives unspecified outputs (bytes_off() finds it).
   inline void place(const uint8_t* m8, __m512i v, __m512i& lo, __m512i& hi) const {
     int64_t q;
     uint32_t k0, k1;
@@ -47,20 +59,81 @@ struct Place64 {
     lo = _mm512_maskz_permutexvar_epi16(k0, il, v);
     hi = _mm512_maskz_permutexvar_epi16(k1, ih, v);
   }
-  // Nonzero if any of the n mask bytes at m does not hold c set bits.
-  inline __mmask64 check(const uint8_t* m, int64_t n) const {
-    __mmask64 bad = 0;
-    int64_t b = 0;
-    for (; b + 64 <= n; b += 64) bad |= _mm512_cmpneq_epi8_mask(_mm512_popcnt_epi8(_mm512_loadu_si512(m + b)), count);
-    if (b < n) {
-      const __mmask64 live = (~uint64_t(0)) >> (64 - (n - b));
-      bad |= _mm512_mask_cmpneq_epi8_mask(live, _mm512_popcnt_epi8(_mm512_maskz_loadu_epi8(live, m + b)), count);
-    }
-    return bad;
+};
+
+// Place64's scheme for fp32 values: 32 columns (4 mask bytes, at most 16 kept values: one zmm) to two zmm of 16
+// lanes by vpermps, each lane's mask byte put in its dword by vpshufb and counted by vpopcntd.
+struct Place32f {
+  __m512i sel[2], below, base[2], count;
+  explicit Place32f(int c) : count(_mm512_set1_epi8(static_cast<char>(c))) {
+    alignas(64) uint8_t sl[2][64];
+    alignas(64) uint32_t be[16], ba[2][16];
+    for (int h = 0; h < 2; ++h)
+      for (int j = 0; j < 16; ++j) {
+        for (int b = 0; b < 4; ++b) sl[h][4 * j + b] = b == 0 ? static_cast<uint8_t>(2 * h + j / 8) : 0x80;
+        be[j] = (1u << (j % 8)) - 1u;
+        ba[h][j] = static_cast<uint32_t>((2 * h + j / 8) * c);
+      }
+    for (int h = 0; h < 2; ++h) { sel[h] = _mm512_load_si512(sl[h]); base[h] = _mm512_load_si512(ba[h]); }
+    below = _mm512_load_si512(be);
+  }
+  // Columns [16h, 16h + 16) of the 32 whose 4 mask bytes are at m4 and kept values are v.
+  inline __m512 place(const uint8_t* m4, __m512 v, int h) const {
+    int32_t q;
+    uint16_t k;
+    std::memcpy(&q, m4, 4); std::memcpy(&k, m4 + 2 * h, 2);
+    const __m512i mb = _mm512_set1_epi32(q);
+    const __m512i idx = _mm512_add_epi32(_mm512_popcnt_epi32(_mm512_and_si512(_mm512_shuffle_epi8(mb, sel[h]), below)), base[h]);
+    return _mm512_maskz_permutexvar_ps(k, idx, v);
   }
 };
 
 }  // namespace
+
+// fp32 at M == 1 (Place32f patterns) on CPUs with the avx512x extensions: 32 columns per step, one row at a time,
+// four accumulator chains. The chunks past the last full 32 take the expanding 16-column decoder.
+int64_t linear_m1_f32_avx512x(const LinearArgs& a, int64_t o_begin, int64_t o_end) {
+  const x86::Geo g(a);
+  const int c = 8 * g.n / g.m;
+  const Place32f pl(c);
+  const __mmask16 ld = static_cast<__mmask16>((1u << (4 * c)) - 1u);
+  const int64_t n32 = a.K / 32, vstep = 4 * c;  // values per 32 columns
+  const float* x = static_cast<const float*>(a.x);
+  const Avx512Dec::Slice sl(g);
+  for (int64_t o = o_begin; o < o_end; ++o) {
+    const uint8_t* mr = a.mask + o * g.rb;
+    const float* vr = static_cast<const float*>(a.values) + o * g.kept;
+    int bad = bytes_off(mr, n32 * 4, pl.count) != 0;
+    __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+    int64_t s = 0;
+    for (; s + 2 <= n32; s += 2) {
+      __builtin_prefetch(vr + s * vstep + 2048);  // 8 KiB ahead
+      __builtin_prefetch(vr + s * vstep + 2048 + 16);
+      for (int u = 0; u < 2; ++u) {
+        const __m512 v = _mm512_maskz_loadu_ps(ld, vr + (s + u) * vstep);
+        const uint8_t* m4 = mr + 4 * (s + u);
+        acc[2 * u] = _mm512_fmadd_ps(pl.place(m4, v, 0), _mm512_loadu_ps(x + (s + u) * 32), acc[2 * u]);
+        acc[2 * u + 1] = _mm512_fmadd_ps(pl.place(m4, v, 1), _mm512_loadu_ps(x + (s + u) * 32 + 16), acc[2 * u + 1]);
+      }
+    }
+    for (int64_t k = 2 * s; k < g.nfull; ++k) {  // 16-column chunks left
+      Avx512Dec::Chunk w;
+      bad |= Avx512Dec::decode<DType::f32>(sl, reinterpret_cast<const char*>(vr), mr, k, w.v);
+      acc[0] = _mm512_fmadd_ps((__m512)w.v[0], _mm512_loadu_ps(x + k * 16), acc[0]);
+    }
+    if (g.tw) {
+      alignas(64) float t[16], xt[16] = {};
+      bad |= !x86::decode_tail(DType::f32, g, a.values, a.mask, o, t);
+      std::memcpy(xt, x + g.nfull * 16, static_cast<size_t>(g.tw) * 4);
+      acc[1] = _mm512_fmadd_ps(_mm512_load_ps(t), _mm512_load_ps(xt), acc[1]);
+    }
+    if (bad) return o;
+    float y = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3])));
+    if (a.bias) y += static_cast<const float*>(a.bias)[o];
+    static_cast<float*>(a.y)[o] = y;
+  }
+  return -1;
+}
 
 // bf16 at M == 1 with AVX512-BF16 + VBMI2: vdpbf16ps multiplies the placed bf16 weight with the bf16 x
 // directly (exact products, fp32 sums): half the instructions of widening to fp32. Where Place64 fits, 64
@@ -99,7 +172,7 @@ int64_t linear_m1_bf16_avx512x(const LinearArgs& a, int64_t o_begin, int64_t o_e
       acc[h] = _mm512_dpbf16_ps(acc[h], (__m512bh)lo, (__m512bh)_mm512_loadu_si512(x + cc * 32));
       acc[h + 1] = _mm512_dpbf16_ps(acc[h + 1], (__m512bh)hi, (__m512bh)_mm512_loadu_si512(x + cc * 32 + 32));
     };
-    if (placing) bad |= pl.check(mr, n32 / 4 * 16) != 0;  // the bytes step64 reads
+    if (placing) bad |= bytes_off(mr, n32 / 4 * 16, pl.count) != 0;  // the bytes step64 reads
     int64_t c = 0;
     for (; c + 4 <= n32; c += 4) {
       __builtin_prefetch(vr + (c + 128) * cnt32);
