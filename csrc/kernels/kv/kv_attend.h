@@ -24,6 +24,7 @@
 #include <limits>
 #include <vector>
 
+#include "../common/aligned.h"
 #include "../common/half.h"
 #include "kv.h"
 
@@ -73,8 +74,8 @@ void attend_partial(const AttnArgs& a, int64_t b, int64_t h, int64_t t0, int64_t
   const size_t es = dtype_size(a.dtype);
   const int nb = D / 8;
   const float ninf = -std::numeric_limits<float>::infinity();
-  std::vector<float> buf(R * D + 2 * kBlock * D + R * kBlock + 16);
-  float* qf = buf.data();
+  AlignedF32 buf(R * D + 2 * kBlock * D + R * kBlock + 16);
+  float* qf = buf.p;
   float* kblk = qf + R * D;
   float* vblk = kblk + kBlock * D;
   float* s = vblk + kBlock * D;

@@ -22,6 +22,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "../common/aligned.h"
 #include "../common/half.h"
 #include "nm.h"
 
@@ -100,11 +101,11 @@ static inline int64_t first_bad(const Geo& g, const uint8_t* mask, int64_t o_beg
 
 // x converted once to fp32 rows of Kp columns, zero padded.
 template <class Dec>
-static inline std::vector<float> convert_x(const LinearArgs& a, const Geo& g) {
-  std::vector<float> xf(static_cast<size_t>(a.M * g.Kp), 0.0f);
+static inline AlignedF32 convert_x(const LinearArgs& a, const Geo& g) {
+  AlignedF32 xf(static_cast<size_t>(a.M * g.Kp));
   for (int64_t i = 0; i < a.M; ++i) {
     const char* src = static_cast<const char*>(a.x) + i * a.ldx * g.es;
-    float* dst = xf.data() + i * g.Kp;
+    float* dst = xf.p + i * g.Kp;
     if (a.dtype == DType::f32) std::memcpy(dst, src, a.K * 4);
     else Dec::cvt_row(a.dtype, reinterpret_cast<const uint16_t*>(src), dst, a.K);
   }
@@ -136,8 +137,8 @@ template <class Dec, DType D, int MR>
 static int64_t run_small(const LinearArgs& a, const Geo& g, int64_t o_begin, int64_t o_end) {
   typedef Vec<Dec> V;
   constexpr int NV = CW / Dec::W;  // vectors per chunk
-  const std::vector<float> xv = convert_x<Dec>(a, g);
-  const float* x = xv.data();
+  const AlignedF32 xv = convert_x<Dec>(a, g);
+  const float* x = xv.p;
   const int64_t xs = g.Kp;
   const typename Dec::Slice sl(g);
   for (int64_t o0 = o_begin; o0 < o_end; o0 += RO) {
@@ -199,8 +200,8 @@ template <class Dec, DType D>
 static int64_t run_m1(const LinearArgs& a, const Geo& g, int64_t o_begin, int64_t o_end) {
   typedef Vec<Dec> V;
   constexpr int NV = CW / Dec::W;
-  const std::vector<float> xv = convert_x<Dec>(a, g);
-  const float* x = xv.data();
+  const AlignedF32 xv = convert_x<Dec>(a, g);
+  const float* x = xv.p;
   const typename Dec::Slice sl(g);
   for (int64_t o = o_begin; o < o_end; ++o) {
     const uint8_t* mr = a.mask + o * g.rb;
@@ -297,8 +298,8 @@ static int64_t run_blocked(const LinearArgs& a, const Geo& g, int64_t o_begin, i
   constexpr int OB = 16;               // output rows per decoded block (4 register tiles)
   constexpr int KB = 512;              // columns per decoded block (32 chunks)
   constexpr int MB = RM * 16;          // x rows per pass over a decoded block
-  const std::vector<float> xv = convert_x<Dec>(a, g);
-  const float* x = xv.data();
+  const AlignedF32 xv = convert_x<Dec>(a, g);
+  const float* x = xv.p;
   const typename Dec::Slice sl(g);
   std::vector<float> wbuf_v(static_cast<size_t>(OB) * KB + 16);
   float* wbuf = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(wbuf_v.data()) + 63) & ~uintptr_t(63));
@@ -384,7 +385,8 @@ static void sparse_panel(const LinearArgs& a, const Geo& g, int64_t o_begin, int
   constexpr int W = Dec::W, MP = NV * W;
   constexpr int KBS = 128;  // columns per block: the xT block (KBS x MP floats) stays in L1
   const int64_t O = o_end - o_begin;
-  std::vector<float> xT(static_cast<size_t>(g.Kp) * MP, 0.0f);
+  AlignedF32 xTa(static_cast<size_t>(g.Kp) * MP);
+  float* xT = xTa.p;
   for (int i = 0; i < mp; ++i)
     for (int64_t k = 0; k < a.K; ++k) xT[k * MP + i] = elem_to_f32(D, a.x, (p0 + i) * a.ldx + k);
   std::vector<V> acc(static_cast<size_t>(O) * NV, V{});
@@ -443,7 +445,7 @@ static void sparse_panel(const LinearArgs& a, const Geo& g, int64_t o_begin, int
           bits[r] = bits16(mr[r] + 2 * c);
           vp[r] = vr[r] + c * cnt;
         }
-        body(bits, vp, xT.data() + c * CW * MP, cnt);
+        body(bits, vp, xT + c * CW * MP, cnt);
       }
       if (tail) {
         uint32_t bits[RS];
@@ -453,7 +455,7 @@ static void sparse_panel(const LinearArgs& a, const Geo& g, int64_t o_begin, int
           for (int b = 0; b < (g.tw + 7) / 8; ++b) bits[r] |= static_cast<uint32_t>(mr[r][2 * g.nfull + b]) << (8 * b);
           vp[r] = vr[r] + g.nfull * cnt;
         }
-        body(bits, vp, xT.data() + g.nfull * CW * MP, g.tcnt);
+        body(bits, vp, xT + g.nfull * CW * MP, g.tcnt);
       }
       // A clamped repeat of the last row computes the same sums from the same start, so the stores agree.
       for (int r = 0; r < RS; ++r)
