@@ -128,6 +128,8 @@ void test_csr(Harness& h) {
           run_case(h, isa, d, 9, 301, M, 0.1, index, rng);
         }
         run_case(h, isa, d, 40, 1000, 1, 0.5, index, rng);
+        // long rows at M <= 16: the tiles' vector-checked blocks of 16 / 32 entries, a bad index inside one
+        for (int64_t M : {5, 16}) run_case(h, isa, d, 12, 700, M, 0.4, index, rng);
         run_case(h, isa, d, 7, 1, 3, 0.9, index, rng);
       }
     }

@@ -85,6 +85,24 @@ struct Avx512Ops {
     for (int u = 0; u < U; ++u)
       for (int t = 0; t < NV; ++t) s[u][t] = _mm512_setzero_ps();
     int64_t j = 0;
+    if constexpr (NV == 1) {
+      // 32 entries per vector check of their indices: the scalar compare per entry cost 13-21% at M <= 16
+      // (bench/results/csr-tile-check-ab-zen5-2c-*); at M=128 (four vectors per entry) this ran 1-3% slower.
+      const __m512i kv = _mm512_set1_epi32(static_cast<int>(K));
+      for (; j + 32 <= n; j += 32) {
+        prefetch_entries<32>(v + j, c + j);
+        if ((_mm512_cmplt_epu32_mask(idx16(c + j), kv) & _mm512_cmplt_epu32_mask(idx16(c + j + 16), kv)) != 0xffff) {
+          *bad = true;
+          return;
+        }
+#pragma GCC unroll 8
+        for (int u0 = 0; u0 < 32; u0 += U)
+          for (int u = 0; u < U; ++u) {
+            const __m512 w = _mm512_set1_ps(to_f32(v[j + u0 + u]));
+            s[u][0] = _mm512_fmadd_ps(w, _mm512_loadu_ps(b + static_cast<int64_t>(c[j + u0 + u]) * ldb), s[u][0]);
+          }
+      }
+    }
     for (; j + U <= n; j += U) {
       // the entry streams, as in dot(), where one tile covers all of B's columns (M <= 16); with several column
       // blocks per row the prefetches repeat and measured mixed at M=128 (csr-prefetch-tile-ab-xeon2c-31abde3)
