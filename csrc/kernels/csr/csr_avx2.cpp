@@ -105,7 +105,7 @@ struct Avx2Ops {
     int64_t j = 0;
     if (NV * W <= 16) {
       // 16 entries per vector check of their indices (in_range16) instead of a compare per entry, as in the
-      // AVX-512 tile (bench/results/csr-tile-check-ab-zen5-2c-*: on Zen 5 under SPARSEOPS_ISA=avx2, bf16
+      // AVX-512 tile (bench/results/csr-tile-check-ab-zen5-2c-1d1aa2b: on Zen 5 under SPARSEOPS_ISA=avx2, bf16
       // 1.11-1.22x, fp32 1.00-1.07x)
       for (; j + 16 <= n; j += 16) {
         if ((j & 31) == 0) prefetch_entries<32>(v + j, c + j);

@@ -87,7 +87,7 @@ struct Avx512Ops {
     int64_t j = 0;
     if constexpr (NV == 1) {
       // 32 entries per vector check of their indices: the scalar compare per entry cost 13-21% at M <= 16
-      // (bench/results/csr-tile-check-ab-zen5-2c-*); at M=128 (four vectors per entry) this ran 1-3% slower.
+      // (bench/results/csr-tile-check-ab-zen5-2c-1d1aa2b); at M=128 (four vectors per entry) this ran 1-3% slower.
       const __m512i kv = _mm512_set1_epi32(static_cast<int>(K));
       for (; j + 32 <= n; j += 32) {
         prefetch_entries<32>(v + j, c + j);
