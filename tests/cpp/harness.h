@@ -24,6 +24,7 @@ struct Harness {
 void test_isa(Harness& h);
 void test_nm_linear(Harness& h);
 void test_nm_malformed(Harness& h);
+void test_nm_select14(Harness& h);
 void test_nm_format(Harness& h);
 void test_dense(Harness& h);
 void test_kv(Harness& h);

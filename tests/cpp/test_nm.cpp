@@ -97,6 +97,53 @@ void test_nm_linear(Harness& h) {
   }
 }
 
+// 1:4 at M = 1 with long rows (K >= 256): the AVX-512 select path (whole blocks of 16 / 32 groups, a tail of 7 or
+// 4 groups, an odd group count with padding bits); x with an Inf takes placement there and must give NaN/Inf as
+// dense math does. A byte with both bits in one nibble (byte count right, groups wrong) names its row.
+void test_nm_select14(Harness& h) {
+  std::mt19937 rng(414);
+  for (Isa isa : available_isas()) {
+    const nm::LinearFn fn = nm::linear_kernel(isa);
+    for (DType d : {DType::f32, DType::bf16}) {
+      for (int64_t G : {int64_t(295), int64_t(260)}) {
+        const int64_t K = 4 * G, O = 13;
+        NmWeight w(d, 1, 4, O, K, rng);
+        for (int inf = 0; inf < 2; ++inf) {
+          Buf x(d, K), y(d, O);
+          fill_uniform(x, rng);
+          if (inf) x.set(K / 2 + 1, std::numeric_limits<float>::infinity());
+          const int64_t r = fn(make_args(d, w, 1, x, K, nullptr, y, O), 0, O);
+          std::vector<double> ref, scale;
+          reference(x, K, w.dense, nullptr, 1, O, K, ref, scale);
+          int bad = 0;
+          for (int64_t o = 0; o < O; ++o) bad += !close(y.get(o), ref[o], scale[o], d, K);
+          h.check(r == -1 && bad == 0, "nm %s 1:4 %s M=1 K=%lld inf=%d: ret %lld, %d bad", isa_name(isa),
+                  dtype_name(d), (long long)K, inf, (long long)r, bad);
+        }
+        // Either the row is named or the result is exactly what the mask says (the placing paths check counts
+        // per chunk or byte and compute that); never anything else.
+        NmWeight b = w;
+        const int64_t row = 6, byte = 6 * b.row_bytes + 9;
+        b.mask[byte] = (b.mask[byte] & 0x0f) == 0x01 ? 0x03 : 0x30;  // two bits in one nibble, none in the other
+        Buf as_given(d, O * K);
+        for (int64_t o = 0; o < O; ++o)
+          for (int64_t k = 0, v = 0; k < K; ++k)
+            as_given.set(o * K + k, ((b.mask[o * b.row_bytes + k / 8] >> (k % 8)) & 1) ? b.values.get(o * b.kept + v++) : 0.0f);
+        Buf x(d, K), y(d, O);
+        fill_uniform(x, rng);
+        const int64_t r = fn(make_args(d, b, 1, x, K, nullptr, y, O), 0, O);
+        std::vector<double> ref, scale;
+        reference(x, K, as_given, nullptr, 1, O, K, ref, scale);
+        bool exact = r == -1;
+        for (int64_t o = 0; o < O && exact; ++o) exact = close(y.get(o), ref[o], scale[o], d, K);
+        h.check(r == row || exact, "nm %s 1:4 %s M=1 K=%lld: a byte with an empty nibble gave %lld and %s",
+                isa_name(isa), dtype_name(d), (long long)K, (long long)r,
+                r == -1 ? "a result off the mask as given" : "the wrong row");
+      }
+    }
+  }
+}
+
 // Malformed masks must give a bad row (the first one) and never read out of bounds; the values
 // buffer is exactly as large as the format says, so the ASan build catches a stray read.
 void test_nm_malformed(Harness& h) {

@@ -29,6 +29,7 @@ CpuFeatures detect() {
   f.avx512_vbmi2 = f.avx512 && __builtin_cpu_supports("avx512vbmi2");
   f.avx512_vpopcntdq = f.avx512 && __builtin_cpu_supports("avx512vpopcntdq");
   f.avx512_bitalg = f.avx512 && __builtin_cpu_supports("avx512bitalg");
+  f.bmi2 = __builtin_cpu_supports("bmi2");
   f.avx512_fp16 = f.avx512 && __builtin_cpu_supports("avx512fp16");
   f.amx_bf16 = __builtin_cpu_supports("amx-tile") && __builtin_cpu_supports("amx-bf16");
   f.intel = __builtin_cpu_is("intel");
@@ -63,7 +64,7 @@ const CpuFeatures& cpu_features() {
 
 static bool ext_supported() {
   const CpuFeatures& f = cpu_features();
-  return f.avx512 && f.avx512_bf16 && f.avx512_vbmi2 && f.avx512_vpopcntdq && f.avx512_bitalg;
+  return f.avx512 && f.avx512_bf16 && f.avx512_vbmi2 && f.avx512_vpopcntdq && f.avx512_bitalg && f.bmi2;
 }
 
 bool avx512_ext() {

@@ -16,6 +16,7 @@ struct CpuFeatures {
   bool avx512_vbmi2 = false;  // 16-bit expand/compress
   bool avx512_vpopcntdq = false;
   bool avx512_bitalg = false;  // vpopcntb
+  bool bmi2 = false;           // pext (every AVX-512 CPU has it; checked with the avx512x extensions)
   bool avx512_fp16 = false;
   bool amx_bf16 = false;      // AMX-TILE + AMX-BF16 (torch's oneDNN bf16 GEMM uses them; our kernels do not)
   bool intel = false;         // GenuineIntel (MKL's sgemm, which torch's fp32 GEMM uses, is fastest there)

@@ -56,6 +56,10 @@ int64_t linear_avx512(const LinearArgs&, int64_t o_begin, int64_t o_end);
 int64_t linear_m1_bf16_avx512x(const LinearArgs&, int64_t o_begin, int64_t o_end);
 // fp32, M == 1, m <= 8 and n/m <= 1/2, same requirement (vpermps placement); called by linear_avx512 on AMD CPUs.
 int64_t linear_m1_f32_avx512x(const LinearArgs&, int64_t o_begin, int64_t o_end);
+// 1:4 fp32 / bf16 at M == 1, same requirement: selects x per group (nm_select_avx512x.cpp). fits: the shape, and x
+// all finite (pruned positions are never multiplied).
+bool select14_fits_avx512x(const LinearArgs&);
+int64_t linear_select14_avx512x(const LinearArgs&, int64_t o_begin, int64_t o_end);
 // bf16, M >= 2, same requirement: dense math at the bf16 dot-product rate on the weight as it is decoded.
 int64_t linear_bf16_dp_avx512x(const LinearArgs&, int64_t o_begin, int64_t o_end);
 int64_t linear_neon(const LinearArgs&, int64_t o_begin, int64_t o_end);

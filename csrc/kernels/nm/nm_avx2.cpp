@@ -138,6 +138,22 @@ static inline bool bytes_have(const uint8_t* p, int64_t nb, int c) {
   return ok;
 }
 
+// True when no byte of p[0, nb) has an empty nibble. With two bits per byte (bytes_have) that is one bit per
+// group of 4: what selecting needs (placement computes what any mask says; selection would not).
+static inline bool nibbles_full(const uint8_t* p, int64_t nb) {
+  const __m256i lo = _mm256_set1_epi8(0x0f), hi = _mm256_set1_epi8(static_cast<char>(0xf0)), z = _mm256_setzero_si256();
+  __m256i empty = z;
+  int64_t i = 0;
+  for (; i + 32 <= nb; i += 32) {
+    const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + i));
+    empty = _mm256_or_si256(empty, _mm256_or_si256(_mm256_cmpeq_epi8(_mm256_and_si256(v, lo), z),
+                                                   _mm256_cmpeq_epi8(_mm256_and_si256(v, hi), z)));
+  }
+  bool ok = _mm256_testz_si256(empty, empty);
+  for (; i < nb; ++i) ok &= (p[i] & 0x0f) && (p[i] & 0xf0);
+  return ok;
+}
+
 // Where a row's chunk c reads its values: loads at c * vstep and c * vstep + v1off (v1off = 0: one load),
 // placed by controls t0[b0] and t1[b1]. nfast: the chunks whose loads stay inside the row's values.
 struct M1Plan {
@@ -275,7 +291,8 @@ static int64_t m1_place(const LinearArgs& a, int64_t o_begin, int64_t o_end) {
 // Native A/B: bench/results/nm-native-ab-zen4-2c-0deda33.txt. fp32 was slower this way (a whole 32-byte value
 // load per 8 groups), so it keeps placement. Pruned positions are never multiplied, so x with NaN/Inf takes
 // placement (dense math makes those NaN at every pruned position). The mask is checked as placement checks it
-// (two bits per byte), plus the tail groups and padding bits one by one.
+// (two bits per byte) and for empty nibbles (a byte with both bits in one group passed before and was selected
+// wrongly), plus the tail groups and padding bits one by one.
 template <int R>
 __attribute__((noinline)) static int64_t select14_rows(const LinearArgs& a, const float* xt, int64_t G, int64_t o) {
   constexpr DType D = DType::bf16;
@@ -286,7 +303,7 @@ __attribute__((noinline)) static int64_t select14_rows(const LinearArgs& a, cons
   for (int r = 0; r < R; ++r) {
     mr[r] = a.mask + (o + r) * rb;
     vr[r] = static_cast<const char*>(a.values) + (o + r) * G * es;
-    if (!bytes_have(mr[r], 4 * nb, 2)) return o + r;
+    if (!bytes_have(mr[r], 4 * nb, 2) || !nibbles_full(mr[r], 4 * nb)) return o + r;
   }
   // lane i's sign bit after the shift = mask bit 4i + k (candidate k of its group)
   const __m256i s1 = _mm256_setr_epi32(30, 26, 22, 18, 14, 10, 6, 2);
