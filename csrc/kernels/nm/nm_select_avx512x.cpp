@@ -105,7 +105,7 @@ int64_t select14(const LinearArgs& a, int64_t o_begin, int64_t o_end) {
 bool select14_fits_avx512x(const LinearArgs& a) {
   if (a.M != 1 || a.n != 1 || a.m != 4 || (a.dtype != DType::f32 && a.dtype != DType::bf16) || a.K < 256) return false;
   // Every row walks all of the re-laid x: beyond ~32 KiB it leaves L1 with the row's streams, and fp32 at
-  // K = 11008 (43 KiB) ran 1.35x slower than placement on Zen 5 (bf16 at K = 11008, 22 KiB, 1.37x faster).
+  // K = 11008 (43 KiB) ran 1.35x slower than placement on Zen 5 (bf16 at K = 11008, 22 KiB, 1.37x faster; bench/results/nm-m1-tries-zen5-2c-4c7dad6.txt).
   if (a.K * (a.dtype == DType::f32 ? 4 : 2) > 32768) return false;
   for (int64_t k = 0; k < a.K; ++k) {
     const float f = a.dtype == DType::f32 ? static_cast<const float*>(a.x)[k]
