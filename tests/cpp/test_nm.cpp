@@ -34,6 +34,16 @@ nm::LinearArgs make_args(DType d, const NmWeight& w, int64_t M, const Buf& x, in
   return a;
 }
 
+// The dense weight a mask describes, right or wrong: the row's values placed in order on its set bits.
+Buf as_given(DType d, const NmWeight& w) {
+  Buf dense(d, w.O * w.K);
+  for (int64_t o = 0; o < w.O; ++o)
+    for (int64_t k = 0, v = 0; k < w.K; ++k)
+      if ((w.mask[o * w.row_bytes + k / 8] >> (k % 8)) & 1) dense.set(o * w.K + k, w.values.get(o * w.kept + v++));
+      else dense.set(o * w.K + k, 0.0f);
+  return dense;
+}
+
 }  // namespace
 
 void test_nm_linear(Harness& h) {
@@ -125,15 +135,11 @@ void test_nm_select14(Harness& h) {
         NmWeight b = w;
         const int64_t row = 6, byte = 6 * b.row_bytes + 9;
         b.mask[byte] = (b.mask[byte] & 0x0f) == 0x01 ? 0x03 : 0x30;  // two bits in one nibble, none in the other
-        Buf as_given(d, O * K);
-        for (int64_t o = 0; o < O; ++o)
-          for (int64_t k = 0, v = 0; k < K; ++k)
-            as_given.set(o * K + k, ((b.mask[o * b.row_bytes + k / 8] >> (k % 8)) & 1) ? b.values.get(o * b.kept + v++) : 0.0f);
         Buf x(d, K), y(d, O);
         fill_uniform(x, rng);
         const int64_t r = fn(make_args(d, b, 1, x, K, nullptr, y, O), 0, O);
         std::vector<double> ref, scale;
-        reference(x, K, as_given, nullptr, 1, O, K, ref, scale);
+        reference(x, K, as_given(d, b), nullptr, 1, O, K, ref, scale);
         bool exact = r == -1;
         for (int64_t o = 0; o < O && exact; ++o) exact = close(y.get(o), ref[o], scale[o], d, K);
         h.check(r == row || exact, "nm %s 1:4 %s M=1 K=%lld: a byte with an empty nibble gave %lld and %s",
@@ -201,19 +207,17 @@ void test_nm_malformed(Harness& h) {
           NmWeight w = base;
           w.mask[row * row_bytes + k_from / 8] &= static_cast<uint8_t>(~(1u << (k_from % 8)));
           w.mask[row * row_bytes + k_to / 8] |= static_cast<uint8_t>(1u << (k_to % 8));
-          Buf as_given(d, O * K);  // the values placed in order on the set bits
-          for (int64_t o = 0; o < O; ++o)
-            for (int64_t k = 0, v = 0; k < K; ++k)
-              as_given.set(o * K + k, ((w.mask[o * row_bytes + k / 8] >> (k % 8)) & 1) ? w.values.get(o * w.kept + v++) : 0.0f);
           std::vector<double> ref, scale;
-          reference(x, K, as_given, nullptr, M, O, K, ref, scale);
+          reference(x, K, as_given(d, w), nullptr, M, O, K, ref, scale);
           for (int64_t mm : {int64_t(1), M}) {
             const int64_t r = fn(make_args(d, w, mm, x, K, nullptr, y, O), 0, O);
             bool exact = r == -1;
             for (int64_t i = 0; i < mm && exact; ++i)
-              for (int64_t o = 0; o < O; ++o) exact = exact && close(y.get(i * O + o), ref[i * O + o], scale[i * O + o], d, K);
+              for (int64_t o = 0; o < O; ++o)
+                exact = exact && close(y.get(i * O + o), ref[i * O + o], scale[i * O + o], d, K);
             h.check(r == row || exact, "nm %s %d:%d %s M=%lld moved bit: returned %lld and %s", isa_name(isa), n, m,
-                    dtype_name(d), (long long)mm, (long long)r, r == -1 ? "a result off the mask as given" : "the wrong row");
+                    dtype_name(d), (long long)mm, (long long)r,
+                    r == -1 ? "a result off the mask as given" : "the wrong row");
           }
         }
         // A whole row of set bits (reads as far as a kernel could be tempted to) and a range that

@@ -45,9 +45,11 @@ struct LinearArgs {
 // Callers parallelise over disjoint output ranges; shapes, dtypes and n:m must be checked by the caller.
 // The mask itself may be untrusted: every variant counts the set bits of each chunk of columns it
 // processes (a free scalar popcount beside the vector math; 8-column chunks, one per mask byte, where
-// the AVX-512 bf16 GEMV places values by permutation) and never reads a value outside the chunk's fixed
-// slice. Returns -1 when every row's chunks hold the expected count, else the first bad output row (its outputs are then unspecified). Inputs with NaN/Inf must give what dense math
-// gives (0 * Inf = NaN at pruned positions).
+// the AVX-512 GEMVs place values by permutation; single groups where 1:4 selects) and never reads a value
+// outside the chunk's fixed slice. Returns -1 when every row's chunks hold the expected count, else the
+// first bad output row (its outputs are then unspecified). With -1 the result is what the mask says
+// (a variant that cannot compute that for some mask must name its row). Inputs with NaN/Inf must give
+// what dense math gives (0 * Inf = NaN at pruned positions).
 using LinearFn = int64_t (*)(const LinearArgs&, int64_t o_begin, int64_t o_end);
 int64_t linear_scalar(const LinearArgs&, int64_t o_begin, int64_t o_end);
 int64_t linear_avx2(const LinearArgs&, int64_t o_begin, int64_t o_end);

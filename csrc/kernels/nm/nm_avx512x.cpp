@@ -54,8 +54,10 @@ struct Place64 {
     uint32_t k0, k1;
     std::memcpy(&q, m8, 8); std::memcpy(&k0, m8, 4); std::memcpy(&k1, m8 + 4, 4);
     const __m512i mb = _mm512_set1_epi64(q);
-    const __m512i il = _mm512_add_epi16(_mm512_popcnt_epi16(_mm512_and_si512(_mm512_shuffle_epi8(mb, sel_lo), below)), base_lo);
-    const __m512i ih = _mm512_add_epi16(_mm512_popcnt_epi16(_mm512_and_si512(_mm512_shuffle_epi8(mb, sel_hi), below)), base_hi);
+    const __m512i il =
+        _mm512_add_epi16(_mm512_popcnt_epi16(_mm512_and_si512(_mm512_shuffle_epi8(mb, sel_lo), below)), base_lo);
+    const __m512i ih =
+        _mm512_add_epi16(_mm512_popcnt_epi16(_mm512_and_si512(_mm512_shuffle_epi8(mb, sel_hi), below)), base_hi);
     lo = _mm512_maskz_permutexvar_epi16(k0, il, v);
     hi = _mm512_maskz_permutexvar_epi16(k1, ih, v);
   }
@@ -83,7 +85,8 @@ struct Place32f {
     uint16_t k;
     std::memcpy(&q, m4, 4); std::memcpy(&k, m4 + 2 * h, 2);
     const __m512i mb = _mm512_set1_epi32(q);
-    const __m512i idx = _mm512_add_epi32(_mm512_popcnt_epi32(_mm512_and_si512(_mm512_shuffle_epi8(mb, sel[h]), below)), base[h]);
+    const __m512i idx =
+        _mm512_add_epi32(_mm512_popcnt_epi32(_mm512_and_si512(_mm512_shuffle_epi8(mb, sel[h]), below)), base[h]);
     return _mm512_maskz_permutexvar_ps(k, idx, v);
   }
 };

@@ -35,8 +35,12 @@ static inline __mmask64 groups_off(const uint8_t* m, int64_t n) {
 }
 
 // Lane masks of the 16 groups of mask word w: k0 lane g = the kept column of group g is 1 or 3, k1 = 2 or 3.
-static inline uint32_t sel0(uint64_t w) { return static_cast<uint32_t>(_pext_u64(w | (w >> 2), 0x2222222222222222ull)); }
-static inline uint32_t sel1(uint64_t w) { return static_cast<uint32_t>(_pext_u64(w | (w >> 1), 0x4444444444444444ull)); }
+static inline uint32_t sel0(uint64_t w) {
+  return static_cast<uint32_t>(_pext_u64(w | (w >> 2), 0x2222222222222222ull));
+}
+static inline uint32_t sel1(uint64_t w) {
+  return static_cast<uint32_t>(_pext_u64(w | (w >> 1), 0x4444444444444444ull));
+}
 
 template <DType D>
 int64_t select14(const LinearArgs& a, int64_t o_begin, int64_t o_end) {
@@ -104,8 +108,9 @@ int64_t select14(const LinearArgs& a, int64_t o_begin, int64_t o_end) {
 
 bool select14_fits_avx512x(const LinearArgs& a) {
   if (a.M != 1 || a.n != 1 || a.m != 4 || (a.dtype != DType::f32 && a.dtype != DType::bf16) || a.K < 256) return false;
-  // Every row walks all of the re-laid x: beyond ~32 KiB it leaves L1 with the row's streams, and fp32 at
-  // K = 11008 (43 KiB) ran 1.35x slower than placement on Zen 5 (bf16 at K = 11008, 22 KiB, 1.37x faster; bench/results/nm-m1-tries-zen5-2c-4c7dad6.txt).
+  // Every row walks all of the re-laid x: beyond ~32 KiB it leaves L1 beside the row's streams, and fp32 at
+  // K = 11008 (43 KiB) ran 1.35x slower than placement on Zen 5 (bench/results/nm-m1-tries-zen5-2c-4c7dad6.txt;
+  // bf16 there, 22 KiB, ran 1.48x faster: nm-m1-select14-ab-zen5-2c-4c7dad6.txt).
   if (a.K * (a.dtype == DType::f32 ? 4 : 2) > 32768) return false;
   for (int64_t k = 0; k < a.K; ++k) {
     const float f = a.dtype == DType::f32 ? static_cast<const float*>(a.x)[k]
