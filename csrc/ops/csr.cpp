@@ -102,7 +102,8 @@ std::vector<int64_t> run_spmm(const at::Tensor& row_ptr, const at::Tensor& cols,
                               void* y, int64_t so, int64_t sj_out, const char* who) {
   const int64_t O = row_ptr.numel() - 1;
   const csr::DType dt = csr_dtype(values, who);
-  const int64_t ldb = csr::packed_ld(N);
+  const Isa isa = current_isa();
+  const int64_t ldb = csr::packed_ld(N, isa);
   at::Tensor packed = at::empty({K * ldb}, values.options().dtype(at::kFloat));
   std::vector<uint8_t> nonfinite(N, 0);
   float* b = packed.data_ptr<float>();
@@ -120,7 +121,7 @@ std::vector<int64_t> run_spmm(const at::Tensor& row_ptr, const at::Tensor& cols,
   a.b = b; a.ldb = ldb;
   a.bias = bias.defined() ? bias.data_ptr() : nullptr;
   a.y = y; a.so = so; a.sj = sj_out;
-  const csr::SpmmFn fn = csr::spmm_kernel(current_isa());
+  const csr::SpmmFn fn = csr::spmm_kernel(isa);
   // Parts of about equal entries (rows differ in length); a few per thread so late ones even out.
   const int64_t parts = std::max<int64_t>(1, std::min<int64_t>(O, int64_t(at::get_num_threads()) * 8));
   std::vector<int64_t> bounds(parts + 1);

@@ -46,7 +46,7 @@ void run_case(Harness& h, Isa isa, DType d, int64_t O, int64_t K, int64_t M, dou
   fill_uniform(x, rng);
   fill_uniform(bias, rng);
   // pack x^T as the glue does: element (k, i) of B = x[i, k]
-  const int64_t ldb = csr::packed_ld(M);
+  const int64_t ldb = csr::packed_ld(M, isa);
   std::vector<float> b(static_cast<size_t>(K * ldb) + 1);
   std::vector<uint8_t> nonfinite(M, 9);
   csr::pack_b(static_cast<csr::DType>(d), x.data(), 1, K, K, M, b.data(), ldb, nonfinite.data(), 0, ldb);
@@ -123,7 +123,7 @@ void test_csr(Harness& h) {
   for (Isa isa : available_isas()) {
     for (DType d : {DType::f32, DType::bf16, DType::f16}) {
       for (csr::Index index : {csr::Index::u16, csr::Index::i32}) {
-        for (int64_t M : {1, 2, 5, 16, 17, 40, 70}) {
+        for (int64_t M : {1, 2, 5, 16, 17, 40, 70, 120}) {  // 120: ldb padded past 128 (packed_ld)
           run_case(h, isa, d, 23, 57, M, 0.3, index, rng);
           run_case(h, isa, d, 9, 301, M, 0.1, index, rng);
         }
