@@ -60,7 +60,7 @@ SpmmFn spmm_kernel(Isa isa);  // nullptr if not compiled for this architecture
 // a sparse product cannot see that. Columns [j_begin, j_end) only.
 // ldb: 1 for N == 1, else round_up(N, kPackAlign), plus one cache line where the isa's column tiles split
 // rows whose stride is a multiple of 256 bytes: a tile then reads lines of only a fraction of the cache sets,
-// and its slice of B fell out of L2 (M=128 ran 1.18-1.42x faster padded, bench/results/csr-ldb-pad-ab-zen5-2c-*).
+// and its slice of B fell out of L2 (M=128 ran 1.18-1.42x faster padded, bench/results/csr-ldb-pad-ab-zen5-2c-516a1a7).
 int64_t packed_ld(int64_t N, Isa isa);
 void pack_b(DType dtype, const void* src, int64_t sk, int64_t sj, int64_t K, int64_t N, float* b, int64_t ldb,
             uint8_t* nonfinite, int64_t j_begin, int64_t j_end);
