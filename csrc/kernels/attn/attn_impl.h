@@ -17,6 +17,7 @@
 #include <limits>
 #include <type_traits>
 
+#include "../common/aligned.h"
 #include "../common/half.h"
 #include "attn.h"
 
@@ -71,10 +72,6 @@ static inline void gemm_rows(int64_t M, int64_t N, int64_t K, const float* A, in
     case 1: block(std::integral_constant<int, 1>{}, i); break;
     default: break;
   }
-}
-
-static inline float* align64(float* p) {
-  return reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(p) + 63) & ~uintptr_t(63));
 }
 
 // Scalar conversions (the generic Ops use them; ISA files may vectorise).

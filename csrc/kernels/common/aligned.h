@@ -8,11 +8,15 @@
 
 namespace sparseops {
 
+// The first 64-byte boundary at or after p.
+static inline float* align64(float* p) {
+  return reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(p) + 63) & ~uintptr_t(63));
+}
+
 struct AlignedF32 {
   std::vector<float> v;
   float* p;
-  explicit AlignedF32(size_t n)
-      : v(n + 16, 0.0f), p(reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(v.data()) + 63) & ~uintptr_t(63))) {}
+  explicit AlignedF32(size_t n) : v(n + 16, 0.0f), p(align64(v.data())) {}
   AlignedF32(const AlignedF32&) = delete;
   AlignedF32(AlignedF32&&) = default;  // the buffer moves with v, so p stays valid
 };

@@ -26,8 +26,8 @@ struct CpuFeatures {
 };
 
 const CpuFeatures& cpu_features();
-// True when the *_avx512x paths may run: the CPU has AVX512-BF16, VBMI2, VPOPCNTDQ and BITALG (Zen 4,
-// Sapphire Rapids) and SPARSEOPS_AVX512_EXT is not "0" (which tests use to cover the plain AVX-512 fallbacks).
+// True when the *_avx512x paths may run: the CPU has AVX512-BF16, VBMI2, VPOPCNTDQ, BITALG and BMI2 (Zen 4,
+// Zen 5, Sapphire Rapids) and SPARSEOPS_AVX512_EXT is not "0" (which tests use to cover the plain AVX-512 fallbacks).
 bool avx512_ext();
 // Override for tests (false forces the fallbacks; true is ignored where the CPU lacks the extensions).
 void set_avx512_ext(bool enabled);

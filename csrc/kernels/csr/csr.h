@@ -62,6 +62,8 @@ SpmmFn spmm_kernel(Isa isa);  // nullptr if not compiled for this architecture
 // rows whose stride is a multiple of 256 bytes: a tile then reads lines of only a fraction of the cache sets,
 // and its slice of B fell out of L2 (M=128 ran 1.18-1.42x faster padded, bench/results/csr-ldb-pad-ab-zen5-2c-516a1a7).
 int64_t packed_ld(int64_t N, Isa isa);
+// Columns of B one tile covers for an ISA (kMaxNV * W of its Ops; each csr_<isa>.cpp asserts it).
+constexpr int64_t tile_columns(Isa isa) { return isa == Isa::avx512 ? 64 : isa == Isa::neon ? 16 : 32; }
 void pack_b(DType dtype, const void* src, int64_t sk, int64_t sj, int64_t K, int64_t N, float* b, int64_t ldb,
             uint8_t* nonfinite, int64_t j_begin, int64_t j_end);
 

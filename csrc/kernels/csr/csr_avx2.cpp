@@ -102,6 +102,11 @@ struct Avx2Ops {
                    bool* bad) {
     __m256 a[NV], e[NV];
     for (int t = 0; t < NV; ++t) a[t] = e[t] = _mm256_setzero_ps();
+    auto entry = [&](int64_t k, __m256* acc) __attribute__((always_inline)) {  // acc += v[k] * B's row c[k] (checked)
+      const __m256 w = _mm256_set1_ps(to_f32(v[k]));
+      const float* r = b + static_cast<int64_t>(c[k]) * ldb;
+      for (int t = 0; t < NV; ++t) acc[t] = _mm256_fmadd_ps(w, _mm256_loadu_ps(r + t * W), acc[t]);
+    };
     int64_t j = 0;
     if (NV * W <= 16) {
       // 16 entries per vector check of their indices (in_range16) instead of a compare per entry, as in the
@@ -115,13 +120,8 @@ struct Avx2Ops {
         }
 #pragma GCC unroll 8
         for (int u = 0; u < 16; u += 2) {
-          const __m256 w0 = _mm256_set1_ps(to_f32(v[j + u])), w1 = _mm256_set1_ps(to_f32(v[j + u + 1]));
-          const float* r0 = b + static_cast<int64_t>(c[j + u]) * ldb;
-          const float* r1 = b + static_cast<int64_t>(c[j + u + 1]) * ldb;
-          for (int t = 0; t < NV; ++t) {
-            a[t] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(r0 + t * W), a[t]);
-            e[t] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(r1 + t * W), e[t]);
-          }
+          entry(j + u, a);
+          entry(j + u + 1, e);
         }
       }
     }
@@ -133,26 +133,21 @@ struct Avx2Ops {
         *bad = true;
         return;
       }
-      const __m256 w0 = _mm256_set1_ps(to_f32(v[j])), w1 = _mm256_set1_ps(to_f32(v[j + 1]));
-      const float* r0 = b + static_cast<int64_t>(c[j]) * ldb;
-      const float* r1 = b + static_cast<int64_t>(c[j + 1]) * ldb;
-      for (int t = 0; t < NV; ++t) {
-        a[t] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(r0 + t * W), a[t]);
-        e[t] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(r1 + t * W), e[t]);
-      }
+      entry(j, a);
+      entry(j + 1, e);
     }
     if (j < n) {
       if (static_cast<uint32_t>(c[j]) >= K) {
         *bad = true;
         return;
       }
-      const __m256 w0 = _mm256_set1_ps(to_f32(v[j]));
-      const float* r0 = b + static_cast<int64_t>(c[j]) * ldb;
-      for (int t = 0; t < NV; ++t) a[t] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(r0 + t * W), a[t]);
+      entry(j, a);
     }
     for (int t = 0; t < NV; ++t) _mm256_storeu_ps(out + t * W, _mm256_add_ps(a[t], e[t]));
   }
 };
+
+static_assert(Avx2Ops::kMaxNV * Avx2Ops::W == tile_columns(Isa::avx2), "packed_ld pads by this tile width");
 
 }  // namespace
 

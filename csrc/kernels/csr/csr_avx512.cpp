@@ -84,6 +84,11 @@ struct Avx512Ops {
     __m512 s[U][NV];
     for (int u = 0; u < U; ++u)
       for (int t = 0; t < NV; ++t) s[u][t] = _mm512_setzero_ps();
+    auto entry = [&](int64_t e, int u) __attribute__((always_inline)) {  // s[u] += v[e] * B's row c[e] (checked)
+      const __m512 w = _mm512_set1_ps(to_f32(v[e]));
+      const float* r = b + static_cast<int64_t>(c[e]) * ldb;
+      for (int t = 0; t < NV; ++t) s[u][t] = _mm512_fmadd_ps(w, _mm512_loadu_ps(r + t * W), s[u][t]);
+    };
     int64_t j = 0;
     if constexpr (NV == 1) {
       // 32 entries per vector check of their indices: the scalar compare per entry cost 13-21% at M <= 16
@@ -97,10 +102,7 @@ struct Avx512Ops {
         }
 #pragma GCC unroll 8
         for (int u0 = 0; u0 < 32; u0 += U)
-          for (int u = 0; u < U; ++u) {
-            const __m512 w = _mm512_set1_ps(to_f32(v[j + u0 + u]));
-            s[u][0] = _mm512_fmadd_ps(w, _mm512_loadu_ps(b + static_cast<int64_t>(c[j + u0 + u]) * ldb), s[u][0]);
-          }
+          for (int u = 0; u < U; ++u) entry(j + u0 + u, u);
       }
     }
     for (; j + U <= n; j += U) {
@@ -113,26 +115,22 @@ struct Avx512Ops {
         *bad = true;
         return;
       }
-      for (int u = 0; u < U; ++u) {
-        const __m512 w = _mm512_set1_ps(to_f32(v[j + u]));
-        const float* r = b + static_cast<int64_t>(c[j + u]) * ldb;
-        for (int t = 0; t < NV; ++t) s[u][t] = _mm512_fmadd_ps(w, _mm512_loadu_ps(r + t * W), s[u][t]);
-      }
+      for (int u = 0; u < U; ++u) entry(j + u, u);
     }
     for (; j < n; ++j) {
       if (static_cast<uint32_t>(c[j]) >= K) {
         *bad = true;
         return;
       }
-      const __m512 w = _mm512_set1_ps(to_f32(v[j]));
-      const float* r = b + static_cast<int64_t>(c[j]) * ldb;
-      for (int t = 0; t < NV; ++t) s[0][t] = _mm512_fmadd_ps(w, _mm512_loadu_ps(r + t * W), s[0][t]);
+      entry(j, 0);
     }
     for (int u = 1; u < U; ++u)
       for (int t = 0; t < NV; ++t) s[0][t] = _mm512_add_ps(s[0][t], s[u][t]);
     for (int t = 0; t < NV; ++t) _mm512_storeu_ps(out + t * W, s[0][t]);
   }
 };
+
+static_assert(Avx512Ops::kMaxNV * Avx512Ops::W == tile_columns(Isa::avx512), "packed_ld pads by this tile width");
 
 }  // namespace
 

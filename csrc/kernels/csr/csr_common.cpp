@@ -80,9 +80,7 @@ int64_t decompress_rows(const SpmmArgs& a, void* dense, int64_t ld, int64_t o_be
 int64_t packed_ld(int64_t N, Isa isa) {
   if (N == 1) return 1;
   const int64_t ld = (N + kPackAlign - 1) / kPackAlign * kPackAlign;
-  // columns per tile: kMaxNV * W of each ISA's Ops (csr_<isa>.cpp)
-  const int64_t tile = isa == Isa::avx512 ? 64 : isa == Isa::neon ? 16 : 32;
-  return N > tile && ld % 64 == 0 ? ld + kPackAlign : ld;
+  return N > tile_columns(isa) && ld % 64 == 0 ? ld + kPackAlign : ld;
 }
 
 namespace {

@@ -92,6 +92,8 @@ struct NeonOps {
   }
 };
 
+static_assert(NeonOps::kMaxNV * NeonOps::W == tile_columns(Isa::neon), "packed_ld pads by this tile width");
+
 }  // namespace
 
 int64_t spmm_neon(const SpmmArgs& a, int64_t o_begin, int64_t o_end) { return run<NeonOps>(a, o_begin, o_end); }

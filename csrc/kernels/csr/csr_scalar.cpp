@@ -39,6 +39,8 @@ struct ScalarOps {
   }
 };
 
+static_assert(ScalarOps::kMaxNV * ScalarOps::W == tile_columns(Isa::scalar), "packed_ld pads by this tile width");
+
 }  // namespace
 
 int64_t spmm_scalar(const SpmmArgs& a, int64_t o_begin, int64_t o_end) { return run<ScalarOps>(a, o_begin, o_end); }

@@ -190,8 +190,8 @@ void decode_partial_d(const AttnArgs& a, int64_t b, int64_t h, int64_t t0, int64
   const float ninf = -std::numeric_limits<float>::infinity();
   // One allocation, each part a multiple of 64 bytes but the last: q rows, accumulators, K and V blocks,
   // scores / weights [R][kSuper], scratch for a malformed record, running max and sum per row.
-  std::vector<float> buf(2 * R * Dp + 2 * nc * kCS + R * kSuper + Dp + 2 * R + 16);
-  float* qf = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(buf.data()) + 63) & ~uintptr_t(63));
+  AlignedF32 buf(2 * R * Dp + 2 * nc * kCS + R * kSuper + Dp + 2 * R);
+  float* qf = buf.p;
   float* acc = qf + R * Dp;
   float* kbuf = acc + R * Dp;
   float* vbuf = kbuf + nc * kCS;

@@ -264,8 +264,8 @@ static int64_t m1_place(const LinearArgs& a, int64_t o_begin, int64_t o_end) {
   const x86::Geo g(a);
   // x as fp32 on a 64-byte boundary: 32-byte loads that straddle cache lines cost two loads, and loads are
   // this loop's bottleneck (Zen 3 does two 256-bit loads per cycle).
-  std::vector<float> xv(static_cast<size_t>(g.Kp) + 16, 0.0f);
-  float* x = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(xv.data()) + 63) & ~uintptr_t(63));
+  AlignedF32 xv(static_cast<size_t>(g.Kp));
+  float* x = xv.p;
   if (D == DType::f32) std::memcpy(x, a.x, a.K * sizeof(float));
   else Avx2Dec::cvt_row(D, static_cast<const uint16_t*>(a.x), x, a.K);
   const Avx2Dec::Slice sl(g);
@@ -348,8 +348,8 @@ __attribute__((noinline)) static int64_t select14_rows(const LinearArgs& a, cons
 static int64_t m1_select14(const LinearArgs& a, int64_t o_begin, int64_t o_end) {
   constexpr DType D = DType::bf16;
   const int64_t G = a.K / 4, Gp = (G + 7) / 8 * 8;
-  std::vector<float> xv(static_cast<size_t>(4 * Gp) + 8);
-  float* xt = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(xv.data()) + 31) & ~uintptr_t(31));
+  AlignedF32 xv(static_cast<size_t>(4 * Gp));
+  float* xt = xv.p;
   bool finite = true;
   for (int64_t k = 0; k < a.K; ++k) {
     const float f = x86::elem_to_f32(D, a.x, k);

@@ -16,12 +16,11 @@ int64_t linear_avx512(const LinearArgs& a, int64_t o_begin, int64_t o_end) {
   // On AMD CPUs with the avx512x extensions the vpermps-placing GEMV instead (measured on Zen 5 only:
   // bench/results/nm-m1-f32-ab-zen5-2c-4af5caa; Intel keeps the AVX2 one until it is measured there).
   // 1:4 at M == 1 selects x per group with the extensions (bf16; fp32 on AMD as below), x all finite.
-  if (a.M == 1 && o_begin < o_end && avx512_ext() && (a.dtype == DType::bf16 || !cpu_features().intel) &&
-      select14_fits_avx512x(a))
+  const bool amd_ext = avx512_ext() && !cpu_features().intel;  // the fp32 avx512x GEMVs: measured on AMD only
+  if (a.M == 1 && o_begin < o_end && (a.dtype == DType::bf16 ? avx512_ext() : amd_ext) && select14_fits_avx512x(a))
     return linear_select14_avx512x(a, o_begin, o_end);
   if (a.dtype == DType::f32 && a.M == 1 && a.m <= 8 && 2 * a.n <= a.m && a.K >= 16)
-    return avx512_ext() && !cpu_features().intel ? linear_m1_f32_avx512x(a, o_begin, o_end)
-                                                  : linear_avx2(a, o_begin, o_end);
+    return amd_ext ? linear_m1_f32_avx512x(a, o_begin, o_end) : linear_avx2(a, o_begin, o_end);
   if (a.dtype == DType::bf16 && o_begin < o_end && a.M < Avx512Dec::sparse_min_m && avx512_ext())
     return a.M == 1 ? linear_m1_bf16_avx512x(a, o_begin, o_end) : linear_bf16_dp_avx512x(a, o_begin, o_end);
   return x86::run<Avx512Dec>(a, o_begin, o_end);

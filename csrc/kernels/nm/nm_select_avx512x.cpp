@@ -10,7 +10,6 @@
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include <immintrin.h>
 
-#include <cmath>
 #include <cstring>
 #include <type_traits>
 
@@ -18,6 +17,7 @@
 #include "../common/half.h"
 #include "nm.h"
 #include "nm_place_avx512x.h"
+#include "nm_x86_tile.h"
 
 namespace sparseops::nm {
 namespace {
@@ -112,12 +112,7 @@ bool select14_fits_avx512x(const LinearArgs& a) {
   // K = 11008 (43 KiB) ran 1.35x slower than placement on Zen 5 (bench/results/nm-m1-tries-zen5-2c-4c7dad6.txt;
   // bf16 there, 22 KiB, ran 1.48x faster: nm-m1-select14-ab-zen5-2c-4c7dad6.txt).
   if (a.K * (a.dtype == DType::f32 ? 4 : 2) > 32768) return false;
-  for (int64_t k = 0; k < a.K; ++k) {
-    const float f = a.dtype == DType::f32 ? static_cast<const float*>(a.x)[k]
-                                          : bf16_to_f32(static_cast<const uint16_t*>(a.x)[k]);
-    if (!std::isfinite(f)) return false;
-  }
-  return true;
+  return x86::all_finite(a);
 }
 
 int64_t linear_select14_avx512x(const LinearArgs& a, int64_t o_begin, int64_t o_end) {

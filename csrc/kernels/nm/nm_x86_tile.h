@@ -301,8 +301,8 @@ static int64_t run_blocked(const LinearArgs& a, const Geo& g, int64_t o_begin, i
   const AlignedF32 xv = convert_x<Dec>(a, g);
   const float* x = xv.p;
   const typename Dec::Slice sl(g);
-  std::vector<float> wbuf_v(static_cast<size_t>(OB) * KB + 16);
-  float* wbuf = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(wbuf_v.data()) + 63) & ~uintptr_t(63));
+  AlignedF32 wbuf_a(static_cast<size_t>(OB) * KB);
+  float* wbuf = wbuf_a.p;
   const int64_t M = a.M;
   std::vector<V> acc(static_cast<size_t>(OB / RO) * (MB / RM) * RO * RM);
   for (int64_t o0 = o_begin; o0 < o_end; o0 += OB) {
