@@ -3,6 +3,8 @@
 // run under ASan to see it).
 #include <cmath>
 #include <limits>
+#include <string>
+#include <utility>
 #include <vector>
 
 #include "data.h"
@@ -24,7 +26,7 @@ struct Case {
 };
 
 // Runs one case on one ISA; returns the max error relative to the tolerance (<= 1 passes).
-double run_case(Isa isa, const Case& c, std::mt19937& rng, bool* roundtrip_ok) {
+double run_case(kv::PartialFn fn, const Case& c, std::mt19937& rng, bool* roundtrip_ok) {
   const int64_t Hq = c.Hkv * c.G, D = c.D, rows = c.B * c.Hkv * c.T;
   Buf q(c.d, c.B * Hq * c.Lq * D), k(c.d, rows * D), v(c.d, rows * D);
   Buf kt(c.d, c.B * c.Hkv * c.Tw * D + 1), vt(c.d, c.B * c.Hkv * c.Tw * D + 1);
@@ -56,7 +58,6 @@ double run_case(Isa isa, const Case& c, std::mt19937& rng, bool* roundtrip_ok) {
   std::vector<float> parts(c.B * c.Hkv * nch * P);
   Buf out(c.d, c.B * Hq * c.Lq * D);
   std::vector<float> lse(c.B * Hq * c.Lq);
-  const kv::PartialFn fn = kv::partial_kernel(isa);
   for (int64_t b = 0; b < c.B; ++b)
     for (int64_t hh = 0; hh < c.Hkv; ++hh) {
       float* p = parts.data() + (b * c.Hkv + hh) * nch * P;
@@ -101,6 +102,19 @@ double run_case(Isa isa, const Case& c, std::mt19937& rng, bool* roundtrip_ok) {
   return worst;
 }
 
+// The decode kernels of an ISA: its dispatched one, and on avx512 with the extensions both placements
+// (permutes and expand-loads: the CPU vendor picks one, so each is tested on any machine).
+std::vector<std::pair<std::string, kv::PartialFn>> partials(Isa isa) {
+  std::vector<std::pair<std::string, kv::PartialFn>> fns = {{isa_name(isa), kv::partial_kernel(isa)}};
+#if defined(__x86_64__) || defined(_M_X64)
+  if (isa == Isa::avx512 && avx512_ext()) {
+    fns.emplace_back("avx512x-permute", kv::partial_avx512x);
+    fns.emplace_back("avx512x-expand", kv::partial_avx512x_expand);
+  }
+#endif
+  return fns;
+}
+
 }  // namespace
 
 void test_kv(Harness& h) {
@@ -109,18 +123,20 @@ void test_kv(Harness& h) {
   const int64_t Ds[] = {64, 80, 128, 256};
   int variant = 0;
   for (Isa isa : available_isas()) {
-    for (DType d : dts)
-      for (int64_t D : Ds) {
-        const int64_t G = (variant % 2) ? 4 : 1, Lq = (variant % 3) ? 1 : 3, T = (variant % 4) * 60 + 1;
-        const int64_t Tw = (variant % 2) ? 0 : 5;
-        ++variant;
-        Case c{d, 2, 2, G, Lq, D, T, Tw, int(D - D * 7 / 10), int(D / 2)};
-        bool rt = false;
-        const double w = run_case(isa, c, rng, &rt);
-        h.check(rt, "kv %s %s D=%lld: compress/decompress round trip", isa_name(isa), dtype_name(d), (long long)D);
-        h.check(w <= 1.0, "kv %s %s D=%lld G=%lld Lq=%lld T=%lld Tw=%lld: error %.3g x tolerance", isa_name(isa),
-                dtype_name(d), (long long)D, (long long)G, (long long)Lq, (long long)T, (long long)Tw, w);
-      }
+    for (const auto& [name, fn] : partials(isa))
+      for (DType d : dts)
+        for (int64_t D : Ds) {
+          const int64_t G = (variant % 2) ? 4 : 1, Lq = (variant % 3) ? 1 : 3, T = (variant % 4) * 60 + 1;
+          const int64_t Tw = (variant % 2) ? 0 : 5;
+          ++variant;
+          // V keeps half the channels, or all of them (full chunks) in every third case
+          Case c{d, 2, 2, G, Lq, D, T, Tw, int(D - D * 7 / 10), int(variant % 3 ? D / 2 : D)};
+          bool rt = false;
+          const double w = run_case(fn, c, rng, &rt);
+          h.check(rt, "kv %s %s D=%lld: compress/decompress round trip", name.c_str(), dtype_name(d), (long long)D);
+          h.check(w <= 1.0, "kv %s %s D=%lld G=%lld Lq=%lld T=%lld Tw=%lld: error %.3g x tolerance", name.c_str(),
+                  dtype_name(d), (long long)D, (long long)G, (long long)Lq, (long long)T, (long long)Tw, w);
+        }
     // This ISA's compressor == the reference compressor, byte for byte: random rows, rows of a few repeated
     // magnitudes of both signs (ties broken by channel), -0.0, Inf and NaN, every k.
     const kv::CompressFn cf = kv::compress_kernel(isa);
@@ -148,24 +164,26 @@ void test_kv(Harness& h) {
                 (long long)D);
       }
     // Malformed records (every bit set, 3 values stored): reads stay inside the 3 values (ASan).
-    for (DType d : dts) {
-      const int64_t D = 64, T = 9;
-      std::vector<uint8_t> bits(T * D / 8, 0xff);
-      Buf vals(d, T * 3), q(d, D), out(d, D);
-      fill_uniform(vals, rng);
-      fill_uniform(q, rng);
-      kv::AttnArgs a{};
-      a.dtype = kvd(d); a.B = 1; a.Hq = 1; a.Hkv = 1; a.Lq = 1; a.D = D; a.T = T; a.Tcap_k = a.Tcap_v = T;
-      a.kk = a.kv = 3; a.q = q.data(); a.k_bits = a.v_bits = bits.data(); a.k_vals = a.v_vals = vals.data();
-      a.scale = 0.1f;
-      std::vector<float> part(D + 2);
-      float lse = 0;
-      kv::partial_kernel(isa)(a, 0, 0, 0, T, part.data());
-      kv::merge(a, 0, 0, part.data(), 1, out.data(), &lse);
-      bool finite = std::isfinite(lse);
-      for (int64_t i = 0; i < D; ++i) finite = finite && std::isfinite(out.get(i));
-      h.check(finite, "kv %s %s malformed records give finite output", isa_name(isa), dtype_name(d));
-      h.check(kv::find_bad_record(int(D), 3, bits.data(), 0, T) == 0, "kv find_bad_record flags record 0");
+    for (const auto& [name, fn] : partials(isa)) {
+      for (DType d : dts) {
+        const int64_t D = 64, T = 9;
+        std::vector<uint8_t> bits(T * D / 8, 0xff);
+        Buf vals(d, T * 3), q(d, D), out(d, D);
+        fill_uniform(vals, rng);
+        fill_uniform(q, rng);
+        kv::AttnArgs a{};
+        a.dtype = kvd(d); a.B = 1; a.Hq = 1; a.Hkv = 1; a.Lq = 1; a.D = D; a.T = T; a.Tcap_k = a.Tcap_v = T;
+        a.kk = a.kv = 3; a.q = q.data(); a.k_bits = a.v_bits = bits.data(); a.k_vals = a.v_vals = vals.data();
+        a.scale = 0.1f;
+        std::vector<float> part(D + 2);
+        float lse = 0;
+        fn(a, 0, 0, 0, T, part.data());
+        kv::merge(a, 0, 0, part.data(), 1, out.data(), &lse);
+        bool finite = std::isfinite(lse);
+        for (int64_t i = 0; i < D; ++i) finite = finite && std::isfinite(out.get(i));
+        h.check(finite, "kv %s %s malformed records give finite output", name.c_str(), dtype_name(d));
+        h.check(kv::find_bad_record(int(D), 3, bits.data(), 0, T) == 0, "kv find_bad_record flags record 0");
+      }
     }
   }
 }
