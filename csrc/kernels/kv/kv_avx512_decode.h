@@ -9,9 +9,9 @@
 //    offsets from one pointer (the token-major layout spilled 16 row pointers);
 //  - the softmax runs once per 64 tokens instead of per 16 (its reductions are serial latency);
 //  - P.V keeps 4 rows x 64 channels in registers across 16 tokens (one broadcast feeds four FMAs).
-// Software prefetch one softmax step ahead only with the permuting loaders (AMD): on Xeon a step-ahead
-// prefetch ran 5-20% slower with the expand-loads (bench/results/kv-prefetch-ab-xeon2c-46873d2); on Zen 5 it
-// did nothing for expand-loads and halved the uncached time with masked loads + permutes.
+// kPrefetch: software prefetch of the records one softmax step ahead. On Zen 5 the hardware prefetchers
+// left DRAM latency exposed (uncached bf16 s=0 ran 2.4x its cache-hot time; the prefetch took it to 1.1x);
+// on an AMX Xeon it ran 5-20% slower (bench/results/kv-prefetch-ab-xeon2c-46873d2), so only AMD asks for it.
 // The accumulators live in a kernel-local buffer of Dp = D rounded up to 32 channels (a 16-channel tail
 // chunk is zero in its upper lanes everywhere), copied to `part` at the end.
 //
@@ -42,7 +42,6 @@ constexpr int kCS = kBlock * kC;      // floats per chunk of a block buffer
 template <class Halves>
 struct LoadVbmi2 : Halves {
   using T = uint16_t;
-  static constexpr bool kPrefetch = false;  // a step-ahead prefetch ran 5-20% slower on Xeon (header comment)
   static inline int chunk(const T* v, uint32_t w, float* o) {
     Halves::halves(_mm512_maskz_expandloadu_epi16(w, v), o);
     return __builtin_popcount(w);
@@ -70,22 +69,21 @@ struct F16Halves {
 using LoadBf16Vbmi2 = LoadVbmi2<Bf16Pairs>;
 using LoadF16Vbmi2 = LoadVbmi2<F16Halves>;
 
-// vpexpandw / vexpandps without the expand: a register expand issues once per ~5 cycles on Zen 5
-// (bench/results/probe-shuffle-rates-zen5-2c-386561e.txt) and bounded this loop there. Channel j of a chunk
-// takes value popcount(w & (2^j - 1)) of the record: vpopcntd of w ANDed with per-lane "bits below" masks,
-// then one vpermw (16-bit) / vpermps (fp32) from the values, read with a masked load of popcount(w) elements.
-// Needs VPOPCNTDQ and BW only.
+// bf16 / fp16 without vpexpandw (a register expand issues once per ~5 cycles on Zen 5,
+// bench/results/probe-shuffle-rates-zen5-2c-386561e.txt): channel j of a chunk takes value
+// popcount(w & (2^j - 1)) of the record, counted by vpopcntd of w ANDed with per-lane "bits below" masks, and
+// one vpermw places the values, read with a masked load of popcount(w) words. (For fp32 the same with vpermps
+// measured no faster than vexpandps, kv-perm-ab-zen5-2c-*.) Needs VPOPCNTDQ and BW only.
 struct PermIndex {
   // 16-bit: dword lane 4L+i of lo / hi counts the bits below channel 8L+i / 8L+4+i, the order in which
   // vpackusdw interleaves its two sources per 128-bit lane, so the packed words come out in channel order.
-  alignas(64) uint32_t lo[16], hi[16], f32[16];
+  alignas(64) uint32_t lo[16], hi[16];
   PermIndex() {
     for (int L = 0; L < 4; ++L)
       for (int i = 0; i < 4; ++i) {
         lo[4 * L + i] = (1u << (8 * L + i)) - 1u;
         hi[4 * L + i] = (1u << (8 * L + 4 + i)) - 1u;
       }
-    for (int j = 0; j < 16; ++j) f32[j] = (1u << j) - 1u;
   }
 };
 const PermIndex kPerm;
@@ -93,7 +91,6 @@ const PermIndex kPerm;
 template <class Halves>
 struct LoadPerm16 : Halves {
   using T = uint16_t;
-  static constexpr bool kPrefetch = true;
   static inline int chunk(const T* v, uint32_t w, float* o) {
     const int cnt = __builtin_popcount(w);
     const __m512i vw = _mm512_set1_epi32(static_cast<int>(w));
@@ -109,34 +106,12 @@ struct LoadPerm16 : Halves {
 using LoadBf16Perm = LoadPerm16<Bf16Pairs>;
 using LoadF16Perm = LoadPerm16<F16Halves>;
 
-struct LoadF32Perm {
-  using T = float;
-  static constexpr bool kPrefetch = true;
-  static inline int half(const float* v, unsigned w, float* o) {
-    const int cnt = __builtin_popcount(w);
-    const __m512i idx =
-        _mm512_popcnt_epi32(_mm512_and_si512(_mm512_set1_epi32(static_cast<int>(w)), _mm512_load_si512(kPerm.f32)));
-    const __m512 x = _mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << cnt) - 1), v);
-    _mm512_store_ps(o, _mm512_maskz_permutexvar_ps(static_cast<__mmask16>(w), idx, x));
-    return cnt;
-  }
-  static inline int chunk(const float* v, uint32_t w, float* o) {
-    const int lo = half(v, w & 0xffffu, o);
-    return lo + half(v + lo, w >> 16, o + 16);
-  }
-  static inline void dense(const float* row, float* o) {
-    _mm512_store_ps(o, _mm512_loadu_ps(row));
-    _mm512_store_ps(o + 16, _mm512_loadu_ps(row + 16));
-  }
-  static constexpr int channel(int half, int lane) { return 16 * half + lane; }
-};
 
 // Any dtype without VBMI2 (fp32 with it too): per 16 channels, the values widened to fp32 then vexpandps
 // (fp32: one expand-load). Channel order.
 template <DType kD>
 struct LoadWiden {
   using T = std::conditional_t<kD == DType::f32, float, uint16_t>;
-  static constexpr bool kPrefetch = false;
   static inline int half(const T* v, unsigned w, float* o) {
     const unsigned cnt = __builtin_popcount(w);
     if constexpr (kD == DType::f32) {
@@ -193,13 +168,11 @@ template <class T>
 static inline void prefetch_records(const uint8_t* bits, const T* vals, int nb, int k, int64_t t, int64_t T_,
                                     int n) {
   const int64_t e = std::min<int64_t>(t + n, T_);
-  if (e <= t) return;
-  for (const char *p = reinterpret_cast<const char*>(bits + t * nb), *q = reinterpret_cast<const char*>(bits + e * nb);
-       p < q; p += 64)
-    _mm_prefetch(p, _MM_HINT_T0);
-  for (const char *p = reinterpret_cast<const char*>(vals + t * k), *q = reinterpret_cast<const char*>(vals + e * k);
-       p < q; p += 64)
-    _mm_prefetch(p, _MM_HINT_T0);
+  const char* b = reinterpret_cast<const char*>(bits);
+  const char* v = reinterpret_cast<const char*>(vals);
+  // byte offsets, never a pointer past the arrays (GCC 12 dropped both loops of a pointer-stepping version)
+  for (int64_t o = t * nb; o < e * nb; o += 64) _mm_prefetch(b + o, _MM_HINT_T0);
+  for (int64_t o = t * k * int64_t(sizeof(T)); o < e * k * int64_t(sizeof(T)); o += 64) _mm_prefetch(v + o, _MM_HINT_T0);
 }
 
 // A dense row (a tail token, q) -> chunks at o, o + stride, ...; a 16-channel tail chunk via a zeroed copy.
@@ -262,7 +235,7 @@ static inline void pv_rows(float* acc, int Dp, const float* p, const float* vbuf
   if (c < Dp) pv<NR, 1>(acc + c, Dp, p, vbuf + (c / kC) * kCS, n);
 }
 
-template <class L, int kD>
+template <class L, bool kPrefetch, int kD>
 void decode_partial_d(const AttnArgs& a, int64_t b, int64_t h, int64_t t0, int64_t t1, float* part) {
   using T = typename L::T;
   const int D = kD ? kD : static_cast<int>(a.D);
@@ -296,7 +269,7 @@ void decode_partial_d(const AttnArgs& a, int64_t b, int64_t h, int64_t t0, int64
     const int N = static_cast<int>(std::min<int64_t>(kSuper, t1 - T0));
     for (int j0 = 0; j0 < N; j0 += kBlock) {  // scores: s[r][j] = scale * q_r . k_j
       const int n = std::min(kBlock, N - j0);
-      if constexpr (L::kPrefetch) prefetch_records(kb, kvv, nb, a.kk, T0 + j0 + kSuper, a.T, n);
+      if constexpr (kPrefetch) prefetch_records(kb, kvv, nb, a.kk, T0 + j0 + kSuper, a.T, n);
       for (int j = 0; j < n; ++j) {
         const int64_t tok = T0 + j0 + j;
         if (tok < a.T) place_record<L>(kb + tok * nb, kvv + tok * a.kk, D, a.kk, kbuf + j * kC, tmp);
@@ -332,7 +305,7 @@ void decode_partial_d(const AttnArgs& a, int64_t b, int64_t h, int64_t t0, int64
     }
     for (int j0 = 0; j0 < N; j0 += kBlock) {  // acc += p . V
       const int n = std::min(kBlock, N - j0);
-      if constexpr (L::kPrefetch) prefetch_records(vb, vvv, nb, a.kv, T0 + j0 + kSuper, a.T, n);
+      if constexpr (kPrefetch) prefetch_records(vb, vvv, nb, a.kv, T0 + j0 + kSuper, a.T, n);
       for (int j = 0; j < n; ++j) {
         const int64_t tok = T0 + j0 + j;
         if (tok < a.T) place_record<L>(vb + tok * nb, vvv + tok * a.kv, D, a.kv, vbuf + j * kC, tmp);
@@ -357,10 +330,10 @@ void decode_partial_d(const AttnArgs& a, int64_t b, int64_t h, int64_t t0, int64
 }
 
 // head_dim 128 (most LLMs) gets its own instance: fixed chunk counts let the compiler unroll the chunk loops.
-template <class L>
+template <class L, bool kPrefetch = false>
 void decode_partial(const AttnArgs& a, int64_t b, int64_t h, int64_t t0, int64_t t1, float* part) {
-  if (a.D == 128) return decode_partial_d<L, 128>(a, b, h, t0, t1, part);
-  decode_partial_d<L, 0>(a, b, h, t0, t1, part);
+  if (a.D == 128) return decode_partial_d<L, kPrefetch, 128>(a, b, h, t0, t1, part);
+  decode_partial_d<L, kPrefetch, 0>(a, b, h, t0, t1, part);
 }
 
 }  // namespace

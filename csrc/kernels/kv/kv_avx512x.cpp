@@ -1,8 +1,8 @@
 // AVX-512 bitmap-KV decode attention with the extensions (avx512_ext(); built with -mavx512vbmi2 etc.),
-// called by partial_avx512 only when they exist. The loop is in kv_avx512_decode.h. Two placements:
-// permutes with software prefetch (partial_avx512x; vpexpandw issues once per ~5 cycles on Zen 5), and VBMI2
-// expand-loads (partial_avx512x_expand), which Intel keeps: the permutes are measured on Zen 5 only
-// (bench/results/kv-perm-ab-zen5-2c-*).
+// called by partial_avx512 only when they exist. The loop is in kv_avx512_decode.h. Two variants:
+// partial_avx512x (AMD) places bf16/fp16 records by permutes and prefetches records a softmax step ahead;
+// partial_avx512x_expand (Intel) uses VBMI2 expand-loads and no prefetch, which measured faster on an AMX Xeon
+// (kv-prefetch-ab-xeon2c-46873d2). The AMD choices are measured on Zen 5 only (kv-perm-ab-zen5-2c-*).
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include "kv_avx512_decode.h"
 
@@ -18,9 +18,9 @@ void partial_avx512x_expand(const AttnArgs& a, int64_t b, int64_t h, int64_t t0,
 
 void partial_avx512x(const AttnArgs& a, int64_t b, int64_t h, int64_t t0, int64_t t1, float* part) {
   switch (a.dtype) {
-    case DType::bf16: return decode_partial<LoadBf16Perm>(a, b, h, t0, t1, part);
-    case DType::f16: return decode_partial<LoadF16Perm>(a, b, h, t0, t1, part);
-    case DType::f32: return decode_partial<LoadF32Perm>(a, b, h, t0, t1, part);
+    case DType::bf16: return decode_partial<LoadBf16Perm, true>(a, b, h, t0, t1, part);
+    case DType::f16: return decode_partial<LoadF16Perm, true>(a, b, h, t0, t1, part);
+    case DType::f32: return decode_partial<LoadWiden<DType::f32>, true>(a, b, h, t0, t1, part);
   }
 }
 
