@@ -10,7 +10,7 @@
 //  - the softmax runs once per 64 tokens instead of per 16 (its reductions are serial latency);
 //  - P.V keeps 4 rows x 64 channels in registers across 16 tokens (one broadcast feeds four FMAs).
 // kPrefetch: software prefetch of the records one softmax step ahead. On Zen 5 the hardware prefetchers
-// left DRAM latency exposed (uncached bf16 s=0 ran 2.4x its cache-hot time; the prefetch took it to 1.1x);
+// left DRAM latency exposed (uncached bf16 s=0 ran 2.2-2.3x its cache-hot time; prefetched 1.1x, kv-perm-ab-zen5-2c-*);
 // on an AMX Xeon it ran 5-20% slower (bench/results/kv-prefetch-ab-xeon2c-46873d2), so only AMD asks for it.
 // The accumulators live in a kernel-local buffer of Dp = D rounded up to 32 channels (a 16-channel tail
 // chunk is zero in its upper lanes everywhere), copied to `part` at the end.
@@ -161,9 +161,8 @@ static inline void place_record(const uint8_t* bits, const typename L::T* v, int
   }
 }
 
-// Prefetches the bits and values of records [t, min(t + n, T)) into L1, one touch per cache line: the
-// permuting loaders run one softmax step (kSuper tokens) ahead of the loop this way, since the hardware
-// prefetchers left DRAM latency exposed (Zen 5: 2x on an uncached cache at s=0, see kv_avx512x.cpp).
+// Prefetches the bits and values of records [t, min(t + n, T)) into L1, one touch per cache line (kPrefetch:
+// one softmax step ahead; see the header comment).
 template <class T>
 static inline void prefetch_records(const uint8_t* bits, const T* vals, int nb, int k, int64_t t, int64_t T_,
                                     int n) {
