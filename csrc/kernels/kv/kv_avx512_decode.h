@@ -42,6 +42,7 @@ constexpr int kCS = kBlock * kC;      // floats per chunk of a block buffer
 template <class Halves>
 struct LoadVbmi2 : Halves {
   using T = uint16_t;
+  using O = float;
   static inline int chunk(const T* v, uint32_t w, float* o) {
     Halves::halves(_mm512_maskz_expandloadu_epi16(w, v), o);
     return __builtin_popcount(w);
@@ -88,17 +89,24 @@ struct PermIndex {
 };
 const PermIndex kPerm;
 
+// One chunk of 16-bit values placed in channel order; *cnt = popcount(w) values read.
+static inline __m512i perm16(const uint16_t* v, uint32_t w, int* cnt) {
+  *cnt = __builtin_popcount(w);
+  const __m512i vw = _mm512_set1_epi32(static_cast<int>(w));
+  const __m512i idx =
+      _mm512_packus_epi32(_mm512_popcnt_epi32(_mm512_and_si512(vw, _mm512_load_si512(kPerm.lo))),
+                          _mm512_popcnt_epi32(_mm512_and_si512(vw, _mm512_load_si512(kPerm.hi))));
+  const __m512i x = _mm512_maskz_loadu_epi16(static_cast<__mmask32>((uint64_t(1) << *cnt) - 1), v);
+  return _mm512_maskz_permutexvar_epi16(w, idx, x);
+}
+
 template <class Halves>
 struct LoadPerm16 : Halves {
   using T = uint16_t;
+  using O = float;
   static inline int chunk(const T* v, uint32_t w, float* o) {
-    const int cnt = __builtin_popcount(w);
-    const __m512i vw = _mm512_set1_epi32(static_cast<int>(w));
-    const __m512i idx =
-        _mm512_packus_epi32(_mm512_popcnt_epi32(_mm512_and_si512(vw, _mm512_load_si512(kPerm.lo))),
-                            _mm512_popcnt_epi32(_mm512_and_si512(vw, _mm512_load_si512(kPerm.hi))));
-    const __m512i x = _mm512_maskz_loadu_epi16(static_cast<__mmask32>((uint64_t(1) << cnt) - 1), v);
-    Halves::halves(_mm512_maskz_permutexvar_epi16(w, idx, x), o);
+    int cnt;
+    Halves::halves(perm16(v, w, &cnt), o);
     return cnt;
   }
   static inline void dense(const T* row, float* o) { Halves::halves(_mm512_loadu_si512(row), o); }
@@ -106,12 +114,27 @@ struct LoadPerm16 : Halves {
 using LoadBf16Perm = LoadPerm16<Bf16Pairs>;
 using LoadF16Perm = LoadPerm16<F16Halves>;
 
+// Keys kept as bf16 words in channel order (O = uint16_t): the scores then take one vdpbf16ps per chunk and
+// token instead of two FMAs and the widening. bf16 x bf16 products are exact in fp32; vdpbf16ps flushes
+// denormal inputs and outputs (|x| < 1.2e-38), which moves no score by more than that.
+struct LoadBf16Words {
+  using T = uint16_t;
+  using O = uint16_t;
+  static inline int chunk(const T* v, uint32_t w, uint16_t* o) {
+    int cnt;
+    _mm512_store_si512(o, perm16(v, w, &cnt));
+    return cnt;
+  }
+  static inline void dense(const T* row, uint16_t* o) { _mm512_store_si512(o, _mm512_loadu_si512(row)); }
+};
+
 
 // Any dtype without VBMI2 (fp32 with it too): per 16 channels, the values widened to fp32 then vexpandps
 // (fp32: one expand-load). Channel order.
 template <DType kD>
 struct LoadWiden {
   using T = std::conditional_t<kD == DType::f32, float, uint16_t>;
+  using O = float;
   static inline int half(const T* v, unsigned w, float* o) {
     const unsigned cnt = __builtin_popcount(w);
     if constexpr (kD == DType::f32) {
@@ -137,7 +160,7 @@ struct LoadWiden {
 // scalar rule (at most k values read) via `tmp` (Dp values); otherwise each chunk reads exactly its popcount
 // with fault-suppressing expand-loads or masked loads, never past the record.
 template <class L>
-static inline void place_record(const uint8_t* bits, const typename L::T* v, int D, int k, float* o,
+static inline void place_record(const uint8_t* bits, const typename L::T* v, int D, int k, typename L::O* o,
                                 typename L::T* tmp) {
   if (record_popcount(bits, D / 8) != k) {
     const int Dp = (D + kC - 1) / kC * kC;
@@ -176,7 +199,7 @@ static inline void prefetch_records(const uint8_t* bits, const T* vals, int nb, 
 
 // A dense row (a tail token, q) -> chunks at o, o + stride, ...; a 16-channel tail chunk via a zeroed copy.
 template <class L>
-static inline void place_row(const typename L::T* row, int D, float* o, int64_t stride) {
+static inline void place_row(const typename L::T* row, int D, typename L::O* o, int64_t stride) {
   int c = 0;
   for (; c + kC <= D; c += kC, o += stride) L::dense(row + c, o);
   if (c < D) {
@@ -201,6 +224,21 @@ static inline __m512 row_scores(const float* q, const float* kbuf, int nc) {
   }
   return tree16(x);
 }
+
+#ifdef __AVX512BF16__
+// row_scores for bf16 words (LoadBf16Words): one vdpbf16ps per chunk and token.
+static inline __m512 row_scores(const uint16_t* q, const uint16_t* kbuf, int nc) {
+  __m512 x[16];
+#pragma GCC unroll 16
+  for (int j = 0; j < 16; ++j) x[j] = _mm512_setzero_ps();
+  for (int c = 0; c < nc; ++c, q += kC, kbuf += kCS) {
+    const __m512bh qc = (__m512bh)_mm512_load_si512(q);
+#pragma GCC unroll 16
+    for (int j = 0; j < 16; ++j) x[j] = _mm512_dpbf16_ps(x[j], qc, (__m512bh)_mm512_load_si512(kbuf + j * kC));
+  }
+  return tree16(x);
+}
+#endif
 
 // acc rows r0 .. r0+NR-1 (stride Dp) += sum_j<n p[r][j] * V[j], NCH chunks from chunk c.
 template <int NR, int NCH>
@@ -234,7 +272,7 @@ static inline void pv_rows(float* acc, int Dp, const float* p, const float* vbuf
   if (c < Dp) pv<NR, 1>(acc + c, Dp, p, vbuf + (c / kC) * kCS, n);
 }
 
-template <class L, bool kPrefetch, int kD>
+template <class L, class LK, bool kPrefetch, int kD>
 void decode_partial_d(const AttnArgs& a, int64_t b, int64_t h, int64_t t0, int64_t t1, float* part) {
   using T = typename L::T;
   const int D = kD ? kD : static_cast<int>(a.D);
@@ -248,12 +286,15 @@ void decode_partial_d(const AttnArgs& a, int64_t b, int64_t h, int64_t t0, int64
   float* acc = qf + R * Dp;
   float* kbuf = acc + R * Dp;
   float* vbuf = kbuf + nc * kCS;
+  using OK = typename LK::O;  // q and the key block in the key loader's element type (<= 4 bytes)
+  OK* qk = reinterpret_cast<OK*>(qf);
+  OK* kblk = reinterpret_cast<OK*>(kbuf);
   float* s = vbuf + nc * kCS;
   T* tmp = reinterpret_cast<T*>(s + R * kSuper);
   float* ml = s + R * kSuper + Dp;  // past tmp (Dp values of at most 4 bytes)
 
   const T* q = static_cast<const T*>(a.q) + (b * a.Hq + h * G) * a.Lq * D;
-  for (int64_t r = 0; r < R; ++r) place_row<L>(q + r * D, D, qf + r * Dp, kC);
+  for (int64_t r = 0; r < R; ++r) place_row<LK>(q + r * D, D, qk + r * Dp, kC);
   for (int64_t r = 0; r < R; ++r) ml[2 * r] = ninf;
   const int64_t bh = b * a.Hkv + h;
   const uint8_t* kb = a.k_bits + bh * a.Tcap_k * nb;
@@ -271,11 +312,11 @@ void decode_partial_d(const AttnArgs& a, int64_t b, int64_t h, int64_t t0, int64
       if constexpr (kPrefetch) prefetch_records(kb, kvv, nb, a.kk, T0 + j0 + kSuper, a.T, n);
       for (int j = 0; j < n; ++j) {
         const int64_t tok = T0 + j0 + j;
-        if (tok < a.T) place_record<L>(kb + tok * nb, kvv + tok * a.kk, D, a.kk, kbuf + j * kC, tmp);
-        else place_row<L>(kt + (tok - a.T) * D, D, kbuf + j * kC, kCS);
+        if (tok < a.T) place_record<LK>(kb + tok * nb, kvv + tok * a.kk, D, a.kk, kblk + j * kC, tmp);
+        else place_row<LK>(kt + (tok - a.T) * D, D, kblk + j * kC, kCS);
       }
       for (int64_t r = 0; r < R; ++r)
-        _mm512_store_ps(s + r * kSuper + j0, _mm512_mul_ps(scale, row_scores(qf + r * Dp, kbuf, nc)));
+        _mm512_store_ps(s + r * kSuper + j0, _mm512_mul_ps(scale, row_scores(qk + r * Dp, kblk, nc)));
     }
     // Online softmax over the N scores of each row; s becomes exp(s - m). Lanes past N hold leftovers.
     const int nv = (N + 15) / 16;
@@ -329,10 +370,11 @@ void decode_partial_d(const AttnArgs& a, int64_t b, int64_t h, int64_t t0, int64
 }
 
 // head_dim 128 (most LLMs) gets its own instance: fixed chunk counts let the compiler unroll the chunk loops.
-template <class L, bool kPrefetch = false>
+// LK places the keys (and q), L the values.
+template <class L, bool kPrefetch = false, class LK = L>
 void decode_partial(const AttnArgs& a, int64_t b, int64_t h, int64_t t0, int64_t t1, float* part) {
-  if (a.D == 128) return decode_partial_d<L, kPrefetch, 128>(a, b, h, t0, t1, part);
-  decode_partial_d<L, kPrefetch, 0>(a, b, h, t0, t1, part);
+  if (a.D == 128) return decode_partial_d<L, LK, kPrefetch, 128>(a, b, h, t0, t1, part);
+  decode_partial_d<L, LK, kPrefetch, 0>(a, b, h, t0, t1, part);
 }
 
 }  // namespace
