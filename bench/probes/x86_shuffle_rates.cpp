@@ -63,6 +63,44 @@ int main() {
     s0 = _mm512_add_epi16(s0, _mm512_permutexvar_epi16(ix, a0)); s1 = _mm512_add_epi16(s1, _mm512_permutexvar_epi16(ix, a1));
     s2 = _mm512_add_epi16(s2, _mm512_permutexvar_epi16(ix, a2)); s3 = _mm512_add_epi16(s3, _mm512_permutexvar_epi16(ix, a3));
   });
+  bench("vpermt2w", [&](int i) {
+    const __m512i ix = _mm512_set1_epi32(ms[i]);
+    s0 = _mm512_add_epi16(s0, _mm512_permutex2var_epi16(a0, ix, a1)); s1 = _mm512_add_epi16(s1, _mm512_permutex2var_epi16(a1, ix, a2));
+    s2 = _mm512_add_epi16(s2, _mm512_permutex2var_epi16(a2, ix, a3)); s3 = _mm512_add_epi16(s3, _mm512_permutex2var_epi16(a3, ix, a0));
+  });
+  bench("vpermt2ps", [&](int i) {
+    const __m512i ix = _mm512_set1_epi32(ms[i]);
+    s0 = _mm512_add_epi32(s0, si(_mm512_permutex2var_ps(ps(a0), ix, ps(a1))));
+    s1 = _mm512_add_epi32(s1, si(_mm512_permutex2var_ps(ps(a1), ix, ps(a2))));
+    s2 = _mm512_add_epi32(s2, si(_mm512_permutex2var_ps(ps(a2), ix, ps(a3))));
+    s3 = _mm512_add_epi32(s3, si(_mm512_permutex2var_ps(ps(a3), ix, ps(a0))));
+  });
+  bench("vpopcntw", [&](int i) {
+    s0 = _mm512_add_epi16(s0, _mm512_popcnt_epi16(_mm512_set1_epi32(ms[i])));
+    s1 = _mm512_add_epi16(s1, _mm512_popcnt_epi16(_mm512_set1_epi32(ms[i + 1])));
+    s2 = _mm512_add_epi16(s2, _mm512_popcnt_epi16(_mm512_set1_epi32(ms[i + 2])));
+    s3 = _mm512_add_epi16(s3, _mm512_popcnt_epi16(_mm512_set1_epi32(ms[i + 3])));
+  });
+  bench("vpopcntd", [&](int i) {
+    s0 = _mm512_add_epi16(s0, _mm512_popcnt_epi32(_mm512_set1_epi32(ms[i])));
+    s1 = _mm512_add_epi16(s1, _mm512_popcnt_epi32(_mm512_set1_epi32(ms[i + 1])));
+    s2 = _mm512_add_epi16(s2, _mm512_popcnt_epi32(_mm512_set1_epi32(ms[i + 2])));
+    s3 = _mm512_add_epi16(s3, _mm512_popcnt_epi32(_mm512_set1_epi32(ms[i + 3])));
+  });
+  bench("vpackusdw", [&](int i) {
+    const __m512i ix = _mm512_set1_epi32(ms[i]);
+    s0 = _mm512_add_epi16(s0, _mm512_packus_epi32(ix, a0)); s1 = _mm512_add_epi16(s1, _mm512_packus_epi32(ix, a1));
+    s2 = _mm512_add_epi16(s2, _mm512_packus_epi32(ix, a2)); s3 = _mm512_add_epi16(s3, _mm512_packus_epi32(ix, a3));
+  });
+  bench("vpshufb", [&](int i) {
+    const __m512i ix = _mm512_set1_epi32(ms[i]);
+    s0 = _mm512_add_epi16(s0, _mm512_shuffle_epi8(a0, ix)); s1 = _mm512_add_epi16(s1, _mm512_shuffle_epi8(a1, ix));
+    s2 = _mm512_add_epi16(s2, _mm512_shuffle_epi8(a2, ix)); s3 = _mm512_add_epi16(s3, _mm512_shuffle_epi8(a3, ix));
+  });
+  bench("vdpbf16ps (4 chains)", [&](int) {
+    s0 = si(_mm512_dpbf16_ps(ps(s0), (__m512bh)a0, (__m512bh)a1)); s1 = si(_mm512_dpbf16_ps(ps(s1), (__m512bh)a0, (__m512bh)a1));
+    s2 = si(_mm512_dpbf16_ps(ps(s2), (__m512bh)a0, (__m512bh)a1)); s3 = si(_mm512_dpbf16_ps(ps(s3), (__m512bh)a0, (__m512bh)a1));
+  });
   bench("pext r64", [&](int i) {
     const uint64_t m = (uint64_t(ms[i]) << 32) | ms[i + 1];
     s0 = _mm512_add_epi16(s0, _mm512_set1_epi64(_pext_u64(m, 0x2222222222222222ull)));

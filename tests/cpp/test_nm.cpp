@@ -107,17 +107,21 @@ void test_nm_linear(Harness& h) {
   }
 }
 
-// 1:4 at M = 1 with long rows (K >= 256): the AVX-512 select path (whole blocks of 16 / 32 groups, a tail of 7 or
-// 4 groups, an odd group count with padding bits); x with an Inf takes placement there and must give NaN/Inf as
-// dense math does. A byte with both bits in one nibble (byte count right, groups wrong) names its row.
+// 1:4 and 2:8 at M = 1 with long rows (K >= 256): the AVX-512 select paths (1:4: whole blocks of 16 / 32 groups,
+// a tail of 7 or 4 groups, an odd group count with padding bits; bf16 pairs: 512-column steps and a tail of 168
+// columns, or none); x with an Inf takes placement there and must give NaN/Inf as dense math does. A byte with
+// both bits in one nibble (1:4: byte count right, groups wrong) or a bit moved to the next byte (2:8) names its
+// row or gives what the mask says.
 void test_nm_select14(Harness& h) {
   std::mt19937 rng(414);
   for (Isa isa : available_isas()) {
     const nm::LinearFn fn = nm::linear_kernel(isa);
-    for (DType d : {DType::f32, DType::bf16}) {
-      for (int64_t G : {int64_t(295), int64_t(260)}) {
-        const int64_t K = 4 * G, O = 13;
-        NmWeight w(d, 1, 4, O, K, rng);
+    for (DType d : {DType::f32, DType::bf16})
+    for (int m : {4, 8})
+      for (int64_t G : m == 4 ? std::vector<int64_t>{295, 260} : std::vector<int64_t>{149, 64}) {
+        const int n = m / 4;
+        const int64_t K = m * G, O = 13;
+        NmWeight w(d, n, m, O, K, rng);
         for (int inf = 0; inf < 2; ++inf) {
           Buf x(d, K), y(d, O);
           fill_uniform(x, rng);
@@ -127,14 +131,20 @@ void test_nm_select14(Harness& h) {
           reference(x, K, w.dense, nullptr, 1, O, K, ref, scale);
           int bad = 0;
           for (int64_t o = 0; o < O; ++o) bad += !close(y.get(o), ref[o], scale[o], d, K);
-          h.check(r == -1 && bad == 0, "nm %s 1:4 %s M=1 K=%lld inf=%d: ret %lld, %d bad", isa_name(isa),
+          h.check(r == -1 && bad == 0, "nm %s %d:%d %s M=1 K=%lld inf=%d: ret %lld, %d bad", isa_name(isa), n, m,
                   dtype_name(d), (long long)K, inf, (long long)r, bad);
         }
         // Either the row is named or the result is exactly what the mask says (the placing paths check counts
         // per chunk or byte and compute that); never anything else.
         NmWeight b = w;
         const int64_t row = 6, byte = 6 * b.row_bytes + 9;
-        b.mask[byte] = (b.mask[byte] & 0x0f) == 0x01 ? 0x03 : 0x30;  // two bits in one nibble, none in the other
+        if (m == 4) {
+          b.mask[byte] = (b.mask[byte] & 0x0f) == 0x01 ? 0x03 : 0x30;  // two bits in one nibble, none in the other
+        } else {  // the top bit of byte 9 moves to the lowest clear bit of byte 10: 1 and 3 bits
+          const int top = 31 - __builtin_clz(b.mask[byte]);
+          b.mask[byte] = static_cast<uint8_t>(b.mask[byte] & ~(1u << top));
+          b.mask[byte + 1] = static_cast<uint8_t>(b.mask[byte + 1] | (b.mask[byte + 1] + 1));
+        }
         Buf x(d, K), y(d, O);
         fill_uniform(x, rng);
         const int64_t r = fn(make_args(d, b, 1, x, K, nullptr, y, O), 0, O);
@@ -142,11 +152,9 @@ void test_nm_select14(Harness& h) {
         reference(x, K, as_given(d, b), nullptr, 1, O, K, ref, scale);
         bool exact = r == -1;
         for (int64_t o = 0; o < O && exact; ++o) exact = close(y.get(o), ref[o], scale[o], d, K);
-        h.check(r == row || exact, "nm %s 1:4 %s M=1 K=%lld: a byte with an empty nibble gave %lld and %s",
-                isa_name(isa), dtype_name(d), (long long)K, (long long)r,
-                r == -1 ? "a result off the mask as given" : "the wrong row");
+        h.check(r == row || exact, "nm %s %d:%d %s M=1 K=%lld: a malformed byte gave %lld and %s", isa_name(isa), n,
+                m, dtype_name(d), (long long)K, (long long)r, r == -1 ? "a result off the mask as given" : "the wrong row");
       }
-    }
   }
 }
 
