@@ -14,6 +14,7 @@ stamp "C++ tests (x86, ASan+UBSan, aarch64 under qemu) and native bench smoke"
 bash .ci/cpp.sh
 bash .ci/isa_symbols.sh build-cpp
 bash .ci/isa_symbols.sh build  # the extension scikit-build-core built
+bash .ci/prefetch_kept.sh build-cpp
 
 if command -v nvcc >/dev/null; then
   stamp "CUDA compile check (every .cu for sm_80 and sm_90a; CUDA glue against torch headers)"

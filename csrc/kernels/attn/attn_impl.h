@@ -236,16 +236,6 @@ static void run_group(const Args& a, int64_t b, Tile* tl, int nt, bool rev, floa
 
   const char* kbase = elem_ptr(a.dtype, a.k, b * a.k_sb + hk * a.k_sh);
   const char* vbase = elem_ptr(a.dtype, a.v, b * a.v_sb + hk * a.v_sh);
-  // K and V rows [r0, r0 + n) into L2 (prefetcht2) while the current piece computes. At 16k a head's fp32 K and V
-  // (16 MiB) no longer stayed in cache and the GEMMs' row reads stalled: ~10% fewer FLOP/s than at 8k on Zen 3
-  // (back to within ~5% with this). Into L1 instead (prefetcht0) it evicted the tile's own operands and lost.
-  auto prefetch_rows = [&](int64_t r0, int64_t n) {
-    for (int64_t j = r0; j < r0 + n; ++j)
-      for (int64_t off = 0; off < D * static_cast<int64_t>(es); off += 64) {
-        __builtin_prefetch(kbase + j * a.k_sl * es + off, 0, 1);
-        __builtin_prefetch(vbase + j * a.v_sl * es + off, 0, 1);
-      }
-  };
 
   // Key columns [k0, k0 + cols) (K / V rows at Kp / Vp) into tile t's online softmax.
   auto piece = [&](Tile& t, int64_t k0, int64_t cols, const float* Kp, int64_t kld, const float* Vp, int64_t vld) {
@@ -295,9 +285,6 @@ static void run_group(const Args& a, int64_t b, Tile* tl, int nt, bool rev, floa
       const int64_t kend = std::min<int64_t>((kb + 1) * bk, a.Lk);
       for (int64_t k0 = kb * bk; k0 < kend; k0 += tk) {
         const int64_t cols = std::min<int64_t>(tk, kend - k0);
-        // The next piece (this block's next rows, else the next block's first), see prefetch_rows.
-        const int64_t nk0 = k0 + tk < kend ? k0 + tk : nkb >= 0 ? nkb * bk : -1;
-        if (nk0 >= 0) prefetch_rows(nk0, std::min<int64_t>(tk, a.Lk - nk0));
         bool any = false;  // a tile with a query row that sees a key of this piece
         for (int j = j0; j < j1; ++j) any |= in[j] && (!a.causal || k0 - tl[j].q0 < tl[j].rows);
         if (!any) continue;

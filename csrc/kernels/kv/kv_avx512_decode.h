@@ -29,6 +29,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "../common/prefetch.h"
 #include "kv_avx512_ops.h"
 
 namespace sparseops::kv {
@@ -192,9 +193,8 @@ static inline void prefetch_records(const uint8_t* bits, const T* vals, int nb, 
   const int64_t e = std::min<int64_t>(t + n, T_);
   const char* b = reinterpret_cast<const char*>(bits);
   const char* v = reinterpret_cast<const char*>(vals);
-  // byte offsets, never a pointer past the arrays (GCC 12 dropped both loops of a pointer-stepping version)
-  for (int64_t o = t * nb; o < e * nb; o += 64) _mm_prefetch(b + o, _MM_HINT_T0);
-  for (int64_t o = t * k * int64_t(sizeof(T)); o < e * k * int64_t(sizeof(T)); o += 64) _mm_prefetch(v + o, _MM_HINT_T0);
+  for (int64_t o = t * nb; o < e * nb; o += 64) prefetch_l1(b + o);
+  for (int64_t o = t * k * int64_t(sizeof(T)); o < e * k * int64_t(sizeof(T)); o += 64) prefetch_l1(v + o);
 }
 
 // A dense row (a tail token, q) -> chunks at o, o + stride, ...; a 16-channel tail chunk via a zeroed copy.
