@@ -1,23 +1,27 @@
-// AVX-512 bitmap-KV decode attention, one loop for every dtype; a Loader policy places records. Included by
-// kv_avx512.cpp (F/BW/VL/DQ loaders) and kv_avx512x.cpp (VBMI2 loaders); internal linkage on purpose.
+// AVX-512 bitmap-KV decode attention, one loop for every dtype; Loader policies place records (one for the
+// values, one for the keys and q). Included by kv_avx512.cpp (F/BW/VL/DQ loaders) and kv_avx512x.cpp (the
+// extension loaders); internal linkage on purpose.
 //
 // The generic loop (kv_attend.h) was compute-bound at ~200 cycles per token and KV head with 4 query rows and
 // D=128 (Sapphire Rapids; taking pieces out showed the time spread over expansion, scores and P.V). Here:
-//  - channels go in 32-channel chunks; a chunk is two fp32 vectors ("halves") in the loader's lane order,
-//    q is laid out the same way, and the output is put back in channel order at the end;
+//  - channels go in 32-channel chunks; a chunk is two fp32 vectors ("halves") in the loader's lane order, or
+//    for bf16 keys one vector of 32 bf16 words in channel order (scores by vdpbf16ps); q is laid out as the
+//    keys, and the output is put back in channel order at the end;
 //  - block buffers are chunk-major ([chunk][token][32 floats]), so a chunk's 16 tokens sit at constant
 //    offsets from one pointer (the token-major layout spilled 16 row pointers);
 //  - the softmax runs once per 64 tokens instead of per 16 (its reductions are serial latency);
 //  - P.V keeps 4 rows x 64 channels in registers across 16 tokens (one broadcast feeds four FMAs).
 // kPrefetch: software prefetch of the records one softmax step ahead. On Zen 5 the hardware prefetchers
-// left DRAM latency exposed (uncached bf16 s=0 ran 2.2-2.3x its cache-hot time; prefetched 1.1x, kv-perm-ab-zen5-2c-*);
-// on an AMX Xeon it ran 5-20% slower (bench/results/kv-prefetch-ab-xeon2c-46873d2), so only AMD asks for it.
+// left DRAM latency exposed (uncached bf16 s=0 ran 2.2-2.3x its cache-hot time, prefetched 1.1x:
+// bench/results/kv-perm-ab-zen5-2c-96668e7); on an AMX Xeon it ran 5-20% slower
+// (bench/results/kv-prefetch-ab-xeon2c-46873d2), so only AMD asks for it.
 // The accumulators live in a kernel-local buffer of Dp = D rounded up to 32 channels (a 16-channel tail
 // chunk is zero in its upper lanes everywhere), copied to `part` at the end.
 //
-// Loader (T: stored element type):
+// Loader (T: stored element type; O: placed element type, float or, for bf16 keys, the bf16 words):
 //   chunk(bits, v, w, o)   places one chunk of a well-formed record (w: its 32 bitmap bits; v: its first
-//                          value) as fp32 halves at o and o + 16; returns the number of values read (popcount w)
+//                          value) at o (fp32 halves at o and o + 16, or 32 words); returns the number of
+//                          values read (popcount w)
 //   dense(row, o)          the same for 32 dense values (a tail token, q, or a malformed record's placement)
 //   channel(half, lane)    channel offset within the chunk of (half, lane)
 #pragma once
@@ -75,7 +79,7 @@ using LoadF16Vbmi2 = LoadVbmi2<F16Halves>;
 // bench/results/probe-shuffle-rates-zen5-2c-386561e.txt): channel j of a chunk takes value
 // popcount(w & (2^j - 1)) of the record, counted by vpopcntd of w ANDed with per-lane "bits below" masks, and
 // one vpermw places the values, read with a masked load of popcount(w) words. (For fp32 the same with vpermps
-// measured no faster than vexpandps, kv-perm-ab-zen5-2c-*.) Needs VPOPCNTDQ and BW only.
+// measured no faster than vexpandps, bench/results/kv-perm-ab-zen5-2c-96668e7.) Needs VPOPCNTDQ and BW only.
 struct PermIndex {
   // 16-bit: dword lane 4L+i of lo / hi counts the bits below channel 8L+i / 8L+4+i, the order in which
   // vpackusdw interleaves its two sources per 128-bit lane, so the packed words come out in channel order.
@@ -128,7 +132,6 @@ struct LoadBf16Words {
   }
   static inline void dense(const T* row, uint16_t* o) { _mm512_store_si512(o, _mm512_loadu_si512(row)); }
 };
-
 
 // Any dtype without VBMI2 (fp32 with it too): per 16 channels, the values widened to fp32 then vexpandps
 // (fp32: one expand-load). Channel order.

@@ -2,7 +2,8 @@
 // called by partial_avx512 only when they exist. The loop is in kv_avx512_decode.h. Two variants:
 // partial_avx512x (AMD) places bf16/fp16 records by permutes and prefetches records a softmax step ahead;
 // partial_avx512x_expand (Intel) uses VBMI2 expand-loads and no prefetch, which measured faster on an AMX Xeon
-// (kv-prefetch-ab-xeon2c-46873d2). The AMD choices are measured on Zen 5 only (kv-perm-ab-zen5-2c-*).
+// (kv-prefetch-ab-xeon2c-46873d2). The AMD choices are measured on Zen 5 only (bench/results/
+// kv-perm-ab-zen5-2c-96668e7, kv-bf16-dot-ab-zen5-2c-6d0c09f).
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include "kv_avx512_decode.h"
 
