@@ -14,7 +14,7 @@ git -C "$root" archive "$1" csrc | tar -x -C "$tmp/A"
 if [ $# -ge 2 ]; then git -C "$root" archive "$2" csrc | tar -x -C "$tmp/B"; else cp -r "$root/csrc" "$tmp/B/"; fi
 F="-O3 -fno-math-errno -std=c++17 -mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx2 -mfma -mf16c -mavx512bf16 -mavx512vbmi2 -mavx512vpopcntdq -mavx512bitalg -mbmi2"
 for v in A B; do
-  g++ $F -Wno-maybe-uninitialized -Dpartial_avx512x=partial_$v -Dpartial_avx512x_expand=partial_expand_$v -I"$tmp/$v/csrc" -c "$tmp/$v/csrc/kernels/kv/kv_avx512x.cpp" -o "$tmp/$v.o"
+  g++ $F -Wno-maybe-uninitialized -Dpartial_avx512x=partial_$v -Dpartial_expand_avx512x=partial_expand_$v -I"$tmp/$v/csrc" -c "$tmp/$v/csrc/kernels/kv/kv_avx512x.cpp" -o "$tmp/$v.o"
 done
 [ -f "$root/build-cpp/libsparseops_kernels.a" ] || { echo "build the C++ tier first (README: build-cpp)"; exit 1; }
 g++ -O2 -std=c++17 -I"$root/csrc" "$root/bench/probes/kv_decode_ab.cpp" "$tmp/A.o" "$tmp/B.o" \

@@ -109,7 +109,7 @@ std::vector<std::pair<std::string, kv::PartialFn>> partials(Isa isa) {
 #if defined(__x86_64__) || defined(_M_X64)
   if (isa == Isa::avx512 && avx512_ext()) {
     fns.emplace_back("avx512x-permute", kv::partial_avx512x);
-    fns.emplace_back("avx512x-expand", kv::partial_avx512x_expand);
+    fns.emplace_back("avx512x-expand", kv::partial_expand_avx512x);
   }
 #endif
   return fns;

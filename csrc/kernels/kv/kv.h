@@ -74,7 +74,7 @@ void partial_scalar(const AttnArgs&, int64_t, int64_t, int64_t, int64_t, float*)
 void partial_avx2(const AttnArgs&, int64_t, int64_t, int64_t, int64_t, float*);
 void partial_avx512(const AttnArgs&, int64_t, int64_t, int64_t, int64_t, float*);
 void partial_avx512x(const AttnArgs&, int64_t, int64_t, int64_t, int64_t, float*);  // needs avx512_ext()
-void partial_avx512x_expand(const AttnArgs&, int64_t, int64_t, int64_t, int64_t, float*);  // the same; Intel's
+void partial_expand_avx512x(const AttnArgs&, int64_t, int64_t, int64_t, int64_t, float*);  // the same; Intel's
 void partial_neon(const AttnArgs&, int64_t, int64_t, int64_t, int64_t, float*);
 PartialFn partial_kernel(Isa isa);  // nullptr if not compiled for this architecture
 

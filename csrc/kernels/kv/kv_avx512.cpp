@@ -8,7 +8,7 @@ namespace sparseops::kv {
 
 void partial_avx512(const AttnArgs& a, int64_t b, int64_t h, int64_t t0, int64_t t1, float* part) {
   if (avx512_ext())
-    return cpu_features().intel ? partial_avx512x_expand(a, b, h, t0, t1, part) : partial_avx512x(a, b, h, t0, t1, part);
+    return cpu_features().intel ? partial_expand_avx512x(a, b, h, t0, t1, part) : partial_avx512x(a, b, h, t0, t1, part);
   switch (a.dtype) {
     case DType::bf16: return decode_partial<LoadWiden<DType::bf16>>(a, b, h, t0, t1, part);
     case DType::f16: return decode_partial<LoadWiden<DType::f16>>(a, b, h, t0, t1, part);
