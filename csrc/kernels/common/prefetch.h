@@ -1,7 +1,6 @@
 // Software prefetch that the optimiser keeps. GCC 12 deleted whole loops of __builtin_prefetch / _mm_prefetch
 // (its tree DCE) in the attention and KV decode kernels without a word, so those prefetches never ran; an asm
-// volatile cannot be removed. Hints: to L1 (prefetch_l1) or to L2 and beyond (prefetch_l2, for data a step
-// away that must not evict the operands in use).
+// volatile cannot be removed.
 #pragma once
 
 namespace sparseops {
@@ -13,16 +12,6 @@ static inline void prefetch_l1(const void* p) {
   asm volatile("prfm pldl1keep, [%0]" : : "r"(p));
 #else
   __builtin_prefetch(p, 0, 3);
-#endif
-}
-
-static inline void prefetch_l2(const void* p) {
-#if defined(__x86_64__)
-  asm volatile("prefetcht1 (%0)" : : "r"(p));
-#elif defined(__aarch64__)
-  asm volatile("prfm pldl2keep, [%0]" : : "r"(p));
-#else
-  __builtin_prefetch(p, 0, 2);
 #endif
 }
 
