@@ -5,8 +5,9 @@
 // The generic loop (kv_attend.h) was compute-bound at ~200 cycles per token and KV head with 4 query rows and
 // D=128 (Sapphire Rapids; taking pieces out showed the time spread over expansion, scores and P.V). Here:
 //  - channels go in 32-channel chunks; a chunk is two fp32 vectors ("halves") in the loader's lane order, or
-//    for bf16 keys one vector of 32 bf16 words in channel order (scores by vdpbf16ps); q is laid out as the
-//    keys, and the output is put back in channel order at the end;
+//    with LoadBf16Words one vector of 32 bf16 words in channel order (keys: scores by vdpbf16ps; values:
+//    widened to halves inside P.V, half a store and a load less per chunk); q is laid out as the keys, and
+//    the output is put back in channel order at the end;
 //  - block buffers are chunk-major ([chunk][token][32 floats]), so a chunk's 16 tokens sit at constant
 //    offsets from one pointer (the token-major layout spilled 16 row pointers);
 //  - the softmax runs once per 64 tokens instead of per 16 (its reductions are serial latency);
@@ -116,12 +117,12 @@ struct LoadPerm16 : Halves {
   }
   static inline void dense(const T* row, float* o) { Halves::halves(_mm512_loadu_si512(row), o); }
 };
-using LoadBf16Perm = LoadPerm16<Bf16Pairs>;
 using LoadF16Perm = LoadPerm16<F16Halves>;
 
-// Keys kept as bf16 words in channel order (O = uint16_t): the scores then take one vdpbf16ps per chunk and
-// token instead of two FMAs and the widening. bf16 x bf16 products are exact in fp32; vdpbf16ps flushes
-// denormal inputs and outputs (|x| < 1.2e-38), which moves no score by more than that.
+// bf16 records kept as words in channel order (O = uint16_t). Keys: the scores take one vdpbf16ps per chunk
+// and token instead of two FMAs and the widening (bf16 x bf16 products are exact in fp32; vdpbf16ps flushes
+// denormal inputs and outputs, |x| < 1.2e-38, which moves no score by more than that). Values: P.V widens
+// them (v_half), 2-4% faster than storing fp32 halves (bench/results/kv-bf16-words-ab-zen5-2c-a62c1ee).
 struct LoadBf16Words {
   using T = uint16_t;
   using O = uint16_t;
@@ -131,6 +132,7 @@ struct LoadBf16Words {
     return cnt;
   }
   static inline void dense(const T* row, uint16_t* o) { _mm512_store_si512(o, _mm512_loadu_si512(row)); }
+  static constexpr int channel(int half, int lane) { return 2 * lane + half; }  // as P.V widens them (v_half)
 };
 
 // Any dtype without VBMI2 (fp32 with it too): per 16 channels, the values widened to fp32 then vexpandps
@@ -244,8 +246,17 @@ static inline __m512 row_scores(const uint16_t* q, const uint16_t* kbuf, int nc)
 #endif
 
 // acc rows r0 .. r0+NR-1 (stride Dp) += sum_j<n p[r][j] * V[j], NCH chunks from chunk c.
-template <int NR, int NCH>
-static inline void pv(float* acc, int Dp, const float* p, const float* vc, int n) {
+// Half i % 2 of chunk i / 2 of token j: fp32 halves as stored, or bf16 words widened (even channels, odd).
+static inline __m512 v_half(const float* vc, int i, int j) {
+  return _mm512_load_ps(vc + (i / 2) * kCS + j * kC + (i % 2) * 16);
+}
+static inline __m512 v_half(const uint16_t* vc, int i, int j) {
+  const __m512i w = _mm512_load_si512(vc + (i / 2) * kCS + j * kC);
+  return _mm512_castsi512_ps(i % 2 ? _mm512_and_si512(w, _mm512_set1_epi32(int(0xffff0000u))) : _mm512_slli_epi32(w, 16));
+}
+
+template <int NR, int NCH, class VT>
+static inline void pv(float* acc, int Dp, const float* p, const VT* vc, int n) {
   __m512 a[NR][2 * NCH];
 #pragma GCC unroll 4
   for (int r = 0; r < NR; ++r)
@@ -254,7 +265,7 @@ static inline void pv(float* acc, int Dp, const float* p, const float* vc, int n
   for (int j = 0; j < n; ++j) {
     __m512 v[2 * NCH];
 #pragma GCC unroll 4
-    for (int i = 0; i < 2 * NCH; ++i) v[i] = _mm512_load_ps(vc + (i / 2) * kCS + j * kC + (i % 2) * 16);
+    for (int i = 0; i < 2 * NCH; ++i) v[i] = v_half(vc, i, j);
 #pragma GCC unroll 4
     for (int r = 0; r < NR; ++r) {
       const __m512 pr = _mm512_set1_ps(p[r * kSuper + j]);
@@ -268,8 +279,8 @@ static inline void pv(float* acc, int Dp, const float* p, const float* vc, int n
     for (int i = 0; i < 2 * NCH; ++i) _mm512_store_ps(acc + r * Dp + 16 * i, a[r][i]);
 }
 
-template <int NR>
-static inline void pv_rows(float* acc, int Dp, const float* p, const float* vbuf, int n) {
+template <int NR, class VT>
+static inline void pv_rows(float* acc, int Dp, const float* p, const VT* vbuf, int n) {
   int c = 0;
   for (; c + 2 * kC <= Dp; c += 2 * kC) pv<NR, 2>(acc + c, Dp, p, vbuf + (c / kC) * kCS, n);
   if (c < Dp) pv<NR, 1>(acc + c, Dp, p, vbuf + (c / kC) * kCS, n);
@@ -292,6 +303,7 @@ void decode_partial_d(const AttnArgs& a, int64_t b, int64_t h, int64_t t0, int64
   using OK = typename LK::O;  // q and the key block in the key loader's element type (<= 4 bytes)
   OK* qk = reinterpret_cast<OK*>(qf);
   OK* kblk = reinterpret_cast<OK*>(kbuf);
+  typename L::O* vblk = reinterpret_cast<typename L::O*>(vbuf);
   float* s = vbuf + nc * kCS;
   T* tmp = reinterpret_cast<T*>(s + R * kSuper);
   float* ml = s + R * kSuper + Dp;  // past tmp (Dp values of at most 4 bytes)
@@ -351,12 +363,12 @@ void decode_partial_d(const AttnArgs& a, int64_t b, int64_t h, int64_t t0, int64
       if constexpr (kPrefetch) prefetch_records(vb, vvv, nb, a.kv, T0 + j0 + kSuper, a.T, n);
       for (int j = 0; j < n; ++j) {
         const int64_t tok = T0 + j0 + j;
-        if (tok < a.T) place_record<L>(vb + tok * nb, vvv + tok * a.kv, D, a.kv, vbuf + j * kC, tmp);
-        else place_row<L>(vt + (tok - a.T) * D, D, vbuf + j * kC, kCS);
+        if (tok < a.T) place_record<L>(vb + tok * nb, vvv + tok * a.kv, D, a.kv, vblk + j * kC, tmp);
+        else place_row<L>(vt + (tok - a.T) * D, D, vblk + j * kC, kCS);
       }
       int64_t r = 0;
-      for (; r + 4 <= R; r += 4) pv_rows<4>(acc + r * Dp, Dp, s + r * kSuper + j0, vbuf, n);
-      for (; r < R; ++r) pv_rows<1>(acc + r * Dp, Dp, s + r * kSuper + j0, vbuf, n);
+      for (; r + 4 <= R; r += 4) pv_rows<4>(acc + r * Dp, Dp, s + r * kSuper + j0, vblk, n);
+      for (; r < R; ++r) pv_rows<1>(acc + r * Dp, Dp, s + r * kSuper + j0, vblk, n);
     }
   }
   for (int64_t r = 0; r < R; ++r) {  // loader lane order -> channel order

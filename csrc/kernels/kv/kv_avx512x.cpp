@@ -19,7 +19,7 @@ void partial_expand_avx512x(const AttnArgs& a, int64_t b, int64_t h, int64_t t0,
 
 void partial_avx512x(const AttnArgs& a, int64_t b, int64_t h, int64_t t0, int64_t t1, float* part) {
   switch (a.dtype) {
-    case DType::bf16: return decode_partial<LoadBf16Perm, true, LoadBf16Words>(a, b, h, t0, t1, part);
+    case DType::bf16: return decode_partial<LoadBf16Words, true, LoadBf16Words>(a, b, h, t0, t1, part);
     case DType::f16: return decode_partial<LoadF16Perm, true>(a, b, h, t0, t1, part);
     case DType::f32: return decode_partial<LoadWiden<DType::f32>, true>(a, b, h, t0, t1, part);
   }
