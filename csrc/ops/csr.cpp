@@ -108,8 +108,9 @@ std::vector<int64_t> run_spmm(const at::Tensor& row_ptr, const at::Tensor& cols,
   std::vector<uint8_t> nonfinite(N, 0);
   float* b = packed.data_ptr<float>();
   const int64_t jblocks = (ldb + 15) / 16;
+  const csr::PackFn pack = csr::pack_b_kernel(isa);
   at::parallel_for(0, jblocks, std::max<int64_t>(1, 2048 / std::max<int64_t>(1, K)), [&](int64_t jb, int64_t je) {
-    csr::pack_b(dt, src, sk, sj, K, N, b, ldb, nonfinite.data(), jb * 16, std::min(ldb, je * 16));
+    pack(dt, src, sk, sj, K, N, b, ldb, nonfinite.data(), jb * 16, std::min(ldb, je * 16));
   });
 
   csr::SpmmArgs a{};

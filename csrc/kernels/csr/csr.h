@@ -66,6 +66,13 @@ int64_t packed_ld(int64_t N, Isa isa);
 constexpr int64_t tile_columns(Isa isa) { return isa == Isa::avx512 ? 64 : isa == Isa::neon ? 16 : 32; }
 void pack_b(DType dtype, const void* src, int64_t sk, int64_t sj, int64_t K, int64_t N, float* b, int64_t ldb,
             uint8_t* nonfinite, int64_t j_begin, int64_t j_end);
+// The same contract and bytes; the AVX-512 one transposes 16 x 16 blocks where x is row-major (sk == 1) and the
+// column range is whole 16-column blocks, else it is pack_b. pack_b_kernel: the one for an ISA (never nullptr).
+using PackFn = void (*)(DType, const void*, int64_t, int64_t, int64_t, int64_t, float*, int64_t, uint8_t*, int64_t,
+                        int64_t);
+void pack_b_avx512(DType dtype, const void* src, int64_t sk, int64_t sj, int64_t K, int64_t N, float* b, int64_t ldb,
+                   uint8_t* nonfinite, int64_t j_begin, int64_t j_end);
+PackFn pack_b_kernel(Isa isa);
 
 // Full check of untrusted CSR indices (row_ptr and every column). Returns kOk or the problem, with
 // *where set to the row (row_ptr problems) or entry (column problems). index: i32, or 64-bit (i64=true).

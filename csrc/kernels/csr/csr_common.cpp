@@ -22,6 +22,14 @@ SpmmFn spmm_kernel(Isa isa) {
   }
 }
 
+PackFn pack_b_kernel(Isa isa) {
+#if defined(SPARSEOPS_X86)
+  if (isa == Isa::avx512) return pack_b_avx512;
+#endif
+  (void)isa;
+  return pack_b;
+}
+
 // Scatters one row's value bits; false if a column is out of range or not strictly increasing (then the caller
 // checks the range and, for repeated columns, adds them up).
 template <class C, class V>
