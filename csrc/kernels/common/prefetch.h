@@ -2,6 +2,7 @@
 // (its tree DCE) in the attention and KV decode kernels without a word, so those prefetches never ran; an asm
 // volatile cannot be removed.
 #pragma once
+#include <cstdint>
 
 namespace sparseops {
 
@@ -13,6 +14,11 @@ static inline void prefetch_l1(const void* p) {
 #else
   __builtin_prefetch(p, 0, 3);
 #endif
+}
+
+// Every cache line of [p, p + bytes) (byte offsets, never a pointer past the range).
+static inline void prefetch_l1_range(const void* p, int64_t bytes) {
+  for (int64_t o = 0; o < bytes; o += 64) prefetch_l1(static_cast<const char*>(p) + o);
 }
 
 }  // namespace sparseops

@@ -196,10 +196,9 @@ template <class T>
 static inline void prefetch_records(const uint8_t* bits, const T* vals, int nb, int k, int64_t t, int64_t T_,
                                     int n) {
   const int64_t e = std::min<int64_t>(t + n, T_);
-  const char* b = reinterpret_cast<const char*>(bits);
-  const char* v = reinterpret_cast<const char*>(vals);
-  for (int64_t o = t * nb; o < e * nb; o += 64) prefetch_l1(b + o);
-  for (int64_t o = t * k * int64_t(sizeof(T)); o < e * k * int64_t(sizeof(T)); o += 64) prefetch_l1(v + o);
+  if (e <= t) return;
+  prefetch_l1_range(bits + t * nb, (e - t) * nb);
+  prefetch_l1_range(vals + t * k, (e - t) * k * int64_t(sizeof(T)));
 }
 
 // A dense row (a tail token, q) -> chunks at o, o + stride, ...; a 16-channel tail chunk via a zeroed copy.
@@ -214,38 +213,32 @@ static inline void place_row(const typename L::T* row, int D, typename L::O* o, 
   }
 }
 
-// 16 scores of one query row against the buffered block: per token one accumulator, folded by tree16.
-static inline __m512 row_scores(const float* q, const float* kbuf, int nc) {
+// 16 scores of one query row against the buffered block: per token one accumulator, folded by tree16. Keys as
+// fp32 halves (two FMAs per chunk and token) or bf16 words (one vdpbf16ps, LoadBf16Words).
+template <class O>
+static inline __m512 row_scores(const O* q, const O* kbuf, int nc) {
   __m512 x[16];
 #pragma GCC unroll 16
   for (int j = 0; j < 16; ++j) x[j] = _mm512_setzero_ps();
   for (int c = 0; c < nc; ++c, q += kC, kbuf += kCS) {
-    const __m512 q0 = _mm512_load_ps(q), q1 = _mm512_load_ps(q + 16);
+    if constexpr (std::is_same_v<O, float>) {
+      const __m512 q0 = _mm512_load_ps(q), q1 = _mm512_load_ps(q + 16);
 #pragma GCC unroll 16
-    for (int j = 0; j < 16; ++j) {
-      x[j] = _mm512_fmadd_ps(q0, _mm512_load_ps(kbuf + j * kC), x[j]);
-      x[j] = _mm512_fmadd_ps(q1, _mm512_load_ps(kbuf + j * kC + 16), x[j]);
+      for (int j = 0; j < 16; ++j) {
+        x[j] = _mm512_fmadd_ps(q0, _mm512_load_ps(kbuf + j * kC), x[j]);
+        x[j] = _mm512_fmadd_ps(q1, _mm512_load_ps(kbuf + j * kC + 16), x[j]);
+      }
+    } else {
+#ifdef __AVX512BF16__
+      const __m512bh qc = (__m512bh)_mm512_load_si512(q);
+#pragma GCC unroll 16
+      for (int j = 0; j < 16; ++j) x[j] = _mm512_dpbf16_ps(x[j], qc, (__m512bh)_mm512_load_si512(kbuf + j * kC));
+#endif
     }
   }
   return tree16(x);
 }
 
-#ifdef __AVX512BF16__
-// row_scores for bf16 words (LoadBf16Words): one vdpbf16ps per chunk and token.
-static inline __m512 row_scores(const uint16_t* q, const uint16_t* kbuf, int nc) {
-  __m512 x[16];
-#pragma GCC unroll 16
-  for (int j = 0; j < 16; ++j) x[j] = _mm512_setzero_ps();
-  for (int c = 0; c < nc; ++c, q += kC, kbuf += kCS) {
-    const __m512bh qc = (__m512bh)_mm512_load_si512(q);
-#pragma GCC unroll 16
-    for (int j = 0; j < 16; ++j) x[j] = _mm512_dpbf16_ps(x[j], qc, (__m512bh)_mm512_load_si512(kbuf + j * kC));
-  }
-  return tree16(x);
-}
-#endif
-
-// acc rows r0 .. r0+NR-1 (stride Dp) += sum_j<n p[r][j] * V[j], NCH chunks from chunk c.
 // Half i % 2 of chunk i / 2 of token j: fp32 halves as stored, or bf16 words widened (even channels, odd).
 static inline __m512 v_half(const float* vc, int i, int j) {
   return _mm512_load_ps(vc + (i / 2) * kCS + j * kC + (i % 2) * 16);
