@@ -158,6 +158,52 @@ void test_nm_select14(Harness& h) {
   }
 }
 
+// bf16 2:4 at M >= 32 (AVX-512 with the extensions: pair dot products): rows past several 512-column superblocks
+// and 48-row chunks, a tail block, token panels of 64 and a remainder, bias, two output ranges; x with an Inf goes
+// to the dense dot products and must spread NaN/Inf as dense math does.
+void test_nm_pairs(Harness& h) {
+  std::mt19937 rng(24);
+  for (Isa isa : available_isas()) {
+    const nm::LinearFn fn = nm::linear_kernel(isa);
+    const int64_t K = 4 * 301, O = 101;  // 2 superblocks + 226 columns: 3 full blocks and a tail of 34 columns
+    NmWeight w(DType::bf16, 2, 4, O, K, rng);
+    Buf bias(DType::bf16, O);
+    fill_uniform(bias, rng);
+    for (int64_t M : {int64_t(32), int64_t(47), int64_t(64), int64_t(65), int64_t(130)})
+      for (int inf = 0; inf < 2; ++inf) {
+        const int64_t ldx = K + 5, ldy = O + 3;
+        Buf x(DType::bf16, M * ldx), y(DType::bf16, M * ldy), xc(DType::bf16, M * K);
+        fill_uniform(x, rng);
+        if (inf) x.set((M / 2) * ldx + K / 3, std::numeric_limits<float>::infinity());
+        for (int64_t i = 0; i < M; ++i)
+          for (int64_t k = 0; k < K; ++k) xc.set(i * K + k, x.get(i * ldx + k));
+        const nm::LinearArgs a = make_args(DType::bf16, w, M, x, ldx, &bias, y, ldy);
+        const int64_t r1 = fn(a, 0, 50), r2 = fn(a, 50, O);
+        std::vector<double> ref, scale;
+        reference(xc, K, w.dense, &bias, M, O, K, ref, scale);
+        int bad = 0;
+        for (int64_t i = 0; i < M; ++i)
+          for (int64_t o = 0; o < O; ++o) bad += !close(y.get(i * ldy + o), ref[i * O + o], scale[i * O + o], DType::bf16, K);
+        h.check(r1 == -1 && r2 == -1 && bad == 0, "nm pairs %s bf16 2:4 M=%lld inf=%d: ret %lld/%lld, %d bad",
+                isa_name(isa), (long long)M, inf, (long long)r1, (long long)r2, bad);
+      }
+    // A row with a nibble of four bits beside an empty one (every byte count right) in the second superblock.
+    NmWeight b = w;
+    b.mask[77 * b.row_bytes + 70] = 0x0f;
+    Buf x(DType::bf16, 64 * K), y(DType::bf16, 64 * O);
+    fill_uniform(x, rng);
+    const int64_t r = fn(make_args(DType::bf16, b, 64, x, K, nullptr, y, O), 3, O);
+    std::vector<double> ref, scale;  // the paths that count whole chunks may compute what the mask says instead
+    reference(x, K, as_given(DType::bf16, b), nullptr, 64, O, K, ref, scale);
+    bool exact = r == -1;
+    for (int64_t i = 0; i < 64 && exact; ++i)
+      for (int64_t o = 3; o < O; ++o) exact = exact && close(y.get(i * O + o), ref[i * O + o], scale[i * O + o], DType::bf16, K);
+    h.check(r == 77 || exact, "nm pairs %s: a malformed nibble pair in row 77 gave %lld", isa_name(isa), (long long)r);
+    if (isa == Isa::avx512 && avx512_ext())
+      h.check(r == 77, "nm pairs: the pair path did not name row 77 (gave %lld)", (long long)r);
+  }
+}
+
 // Malformed masks must give a bad row (the first one) and never read out of bounds; the values
 // buffer is exactly as large as the format says, so the ASan build catches a stray read.
 void test_nm_malformed(Harness& h) {
@@ -169,7 +215,7 @@ void test_nm_malformed(Harness& h) {
       for (DType d : {DType::f32, DType::bf16}) {
         const int64_t O = 9, K = m <= 4 ? m * 75 : m * 21;  // K % 8 != 0 for m <= 4 (padding bits)
         const int64_t M = 3, row_bytes = (K + 7) / 8;
-        Buf x(d, M * K), y(d, M * O);
+        Buf x(d, 40 * K), y(d, 40 * O);
         fill_uniform(x, rng);
         struct Case { const char* what; int64_t row; int64_t k; bool set; };
         std::vector<Case> cases;
@@ -195,7 +241,7 @@ void test_nm_malformed(Harness& h) {
           uint8_t& byte = w.mask[c.row * row_bytes + c.k / 8];
           if (c.set) byte |= static_cast<uint8_t>(1u << (c.k % 8));
           else byte &= static_cast<uint8_t>(~(1u << (c.k % 8)));
-          for (int64_t mm : {int64_t(1), M}) {  // M = 1 has its own path in some variants
+          for (int64_t mm : {int64_t(1), M, int64_t(40)}) {  // M = 1 and M >= 32 have their own paths in some
             const nm::LinearArgs a = make_args(d, w, mm, x, K, nullptr, y, O);
             const int64_t r = fn(a, 0, O);
             h.check(r == c.row, "nm %s %d:%d %s M=%lld: %s at row %lld col %lld: returned %lld", isa_name(isa), n,

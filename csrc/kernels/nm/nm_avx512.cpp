@@ -21,9 +21,17 @@ int64_t linear_avx512(const LinearArgs& a, int64_t o_begin, int64_t o_end) {
     return linear_select14_avx512x(a, o_begin, o_end);
   if (a.dtype == DType::f32 && a.M == 1 && a.m <= 8 && 2 * a.n <= a.m && a.K >= 16)
     return amd_ext ? linear_m1_f32_avx512x(a, o_begin, o_end) : linear_avx2(a, o_begin, o_end);
+  // bf16 2:4 from M = 32: kept-only dot products on x packed as column pairs; x with NaN/Inf takes the dense dot
+  // products (the pair path never multiplies pruned positions).
+  if (pairs24_kernel(Isa::avx512, a.n, a.m, a.dtype) && a.M >= kPairsMinM)
+    return pairs24_fits_avx512x(a) ? linear_pairs24_avx512x(a, o_begin, o_end) : linear_bf16_dp_avx512x(a, o_begin, o_end);
   if (a.dtype == DType::bf16 && o_begin < o_end && a.M < Avx512Dec::sparse_min_m && avx512_ext())
     return a.M == 1 ? linear_m1_bf16_avx512x(a, o_begin, o_end) : linear_bf16_dp_avx512x(a, o_begin, o_end);
   return x86::run<Avx512Dec>(a, o_begin, o_end);
+}
+
+bool pairs24_kernel(Isa isa, int n, int m, DType d) {
+  return isa == Isa::avx512 && d == DType::bf16 && n == 2 && m == 4 && avx512_ext();
 }
 
 int64_t decode_rows_avx512(const LinearArgs& a, void* dense, int64_t ld, int64_t o_begin, int64_t o_end) {
