@@ -43,7 +43,7 @@ inline bool use_dense_tiles(int64_t M, int64_t n, int64_t m, DType dt) {
   if (bf16_dot && cpu_features().amx_bf16) return true;
   // bf16 2:4 with AVX512-BF16 + VBMI2: the kernel's pair dot products beat oneDNN's dense bf16 GEMM (1.03-1.33x at
   // M = 64 / 256 on Zen 5, bench/results/nm-cpu-zen5-2c-*), which the tiles below would run.
-  if (nm::pairs24_kernel(current_isa(), static_cast<int>(n), static_cast<int>(m), dt)) return false;
+  if (nm::pairs_kernel(current_isa(), static_cast<int>(n), static_cast<int>(m), dt, M)) return false;
   return ((dt == DType::f32 && !x86_kernel) || bf16_dot) && 4 * n > m;
 }
 

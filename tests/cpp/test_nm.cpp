@@ -158,49 +158,62 @@ void test_nm_select14(Harness& h) {
   }
 }
 
-// bf16 2:4 at M >= 32 (AVX-512 with the extensions: pair dot products): rows past several 512-column superblocks
-// and 48-row chunks, a tail block, token panels of 64 and a remainder, bias, two output ranges; x with an Inf goes
-// to the dense dot products and must spread NaN/Inf as dense math does.
+// bf16 at M >= 32 (AVX-512 with the extensions: pair dot products for 2:4 from M = 32 and 1:4 from M = 64; 2:8 as a
+// pattern that does not take them): rows past several superblocks and row chunks, a tail block, token panels of 64
+// and a remainder, bias, two output ranges; x with an Inf goes to the dense dot products and must spread NaN/Inf as
+// dense math does. 1:4 with K % 8 != 0 goes there too.
 void test_nm_pairs(Harness& h) {
   std::mt19937 rng(24);
+  const DType bf = DType::bf16;
   for (Isa isa : available_isas()) {
     const nm::LinearFn fn = nm::linear_kernel(isa);
-    const int64_t K = 4 * 301, O = 101;  // 2 superblocks + 226 columns: 3 full blocks and a tail of 34 columns
-    NmWeight w(DType::bf16, 2, 4, O, K, rng);
-    Buf bias(DType::bf16, O);
-    fill_uniform(bias, rng);
-    for (int64_t M : {int64_t(32), int64_t(47), int64_t(64), int64_t(65), int64_t(130)})
-      for (int inf = 0; inf < 2; ++inf) {
-        const int64_t ldx = K + 5, ldy = O + 3;
-        Buf x(DType::bf16, M * ldx), y(DType::bf16, M * ldy), xc(DType::bf16, M * K);
+    for (auto pat : {std::pair<int, int>{2, 4}, {1, 4}, {2, 8}}) {
+      const int n = pat.first, m = pat.second;
+      for (int64_t K : {int64_t(1204), int64_t(1208)}) {  // 1204: a 4-column tail, which 1:4 pairs do not take
+        if (K % m) continue;
+        const int64_t O = 101;
+        NmWeight w(bf, n, m, O, K, rng);
+        Buf bias(bf, O);
+        fill_uniform(bias, rng);
+        for (int64_t M : {int64_t(32), int64_t(47), int64_t(64), int64_t(65), int64_t(130)})
+          for (int inf = 0; inf < 2; ++inf) {
+            const int64_t ldx = K + 5, ldy = O + 3;
+            Buf x(bf, M * ldx), y(bf, M * ldy), xc(bf, M * K);
+            fill_uniform(x, rng);
+            if (inf) x.set((M / 2) * ldx + K / 3, std::numeric_limits<float>::infinity());
+            for (int64_t i = 0; i < M; ++i)
+              for (int64_t k = 0; k < K; ++k) xc.set(i * K + k, x.get(i * ldx + k));
+            const nm::LinearArgs a = make_args(bf, w, M, x, ldx, &bias, y, ldy);
+            const int64_t r1 = fn(a, 0, 50), r2 = fn(a, 50, O);
+            std::vector<double> ref, scale;
+            reference(xc, K, w.dense, &bias, M, O, K, ref, scale);
+            int bad = 0;
+            for (int64_t i = 0; i < M; ++i)
+              for (int64_t o = 0; o < O; ++o) bad += !close(y.get(i * ldy + o), ref[i * O + o], scale[i * O + o], bf, K);
+            h.check(r1 == -1 && r2 == -1 && bad == 0, "nm pairs %s bf16 %d:%d K=%lld M=%lld inf=%d: ret %lld/%lld, %d bad",
+                    isa_name(isa), n, m, (long long)K, (long long)M, inf, (long long)r1, (long long)r2, bad);
+          }
+        // Row 77, columns 560..575 (second superblock): groups wrong, every 16-column chunk's count right (2:4: a
+        // nibble of four bits beside an empty one; 1:4: two bits in one nibble; 2:8: 3 + 1 bits).
+        NmWeight b = w;
+        uint8_t* mb = b.mask.data() + 77 * b.row_bytes + 70;
+        if (m == 4) mb[0] = n == 2 ? 0x0f : 0x03;
+        else { mb[0] = 0x07; mb[1] = 0x01; }
+        Buf x(bf, 64 * K), y(bf, 64 * O);
         fill_uniform(x, rng);
-        if (inf) x.set((M / 2) * ldx + K / 3, std::numeric_limits<float>::infinity());
-        for (int64_t i = 0; i < M; ++i)
-          for (int64_t k = 0; k < K; ++k) xc.set(i * K + k, x.get(i * ldx + k));
-        const nm::LinearArgs a = make_args(DType::bf16, w, M, x, ldx, &bias, y, ldy);
-        const int64_t r1 = fn(a, 0, 50), r2 = fn(a, 50, O);
-        std::vector<double> ref, scale;
-        reference(xc, K, w.dense, &bias, M, O, K, ref, scale);
-        int bad = 0;
-        for (int64_t i = 0; i < M; ++i)
-          for (int64_t o = 0; o < O; ++o) bad += !close(y.get(i * ldy + o), ref[i * O + o], scale[i * O + o], DType::bf16, K);
-        h.check(r1 == -1 && r2 == -1 && bad == 0, "nm pairs %s bf16 2:4 M=%lld inf=%d: ret %lld/%lld, %d bad",
-                isa_name(isa), (long long)M, inf, (long long)r1, (long long)r2, bad);
+        const int64_t r = fn(make_args(bf, b, 64, x, K, nullptr, y, O), 3, O);
+        std::vector<double> ref, scale;  // the paths that count whole chunks may compute what the mask says instead
+        reference(x, K, as_given(bf, b), nullptr, 64, O, K, ref, scale);
+        bool exact = r == -1;
+        for (int64_t i = 0; i < 64 && exact; ++i)
+          for (int64_t o = 3; o < O; ++o) exact = exact && close(y.get(i * O + o), ref[i * O + o], scale[i * O + o], bf, K);
+        h.check(r == 77 || exact, "nm pairs %s %d:%d K=%lld: a malformed row 77 gave %lld", isa_name(isa), n, m,
+                (long long)K, (long long)r);
+        if (isa == Isa::avx512 && avx512_ext() && (K % 8 == 0 || (m == 4 && n == 2)))
+          h.check(r == 77, "nm pairs %d:%d K=%lld: the pair path did not name row 77 (gave %lld)", n, m, (long long)K,
+                  (long long)r);
       }
-    // A row with a nibble of four bits beside an empty one (every byte count right) in the second superblock.
-    NmWeight b = w;
-    b.mask[77 * b.row_bytes + 70] = 0x0f;
-    Buf x(DType::bf16, 64 * K), y(DType::bf16, 64 * O);
-    fill_uniform(x, rng);
-    const int64_t r = fn(make_args(DType::bf16, b, 64, x, K, nullptr, y, O), 3, O);
-    std::vector<double> ref, scale;  // the paths that count whole chunks may compute what the mask says instead
-    reference(x, K, as_given(DType::bf16, b), nullptr, 64, O, K, ref, scale);
-    bool exact = r == -1;
-    for (int64_t i = 0; i < 64 && exact; ++i)
-      for (int64_t o = 3; o < O; ++o) exact = exact && close(y.get(i * O + o), ref[i * O + o], scale[i * O + o], DType::bf16, K);
-    h.check(r == 77 || exact, "nm pairs %s: a malformed nibble pair in row 77 gave %lld", isa_name(isa), (long long)r);
-    if (isa == Isa::avx512 && avx512_ext())
-      h.check(r == 77, "nm pairs: the pair path did not name row 77 (gave %lld)", (long long)r);
+    }
   }
 }
 

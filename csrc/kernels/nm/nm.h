@@ -64,13 +64,13 @@ bool select14_fits_avx512x(const LinearArgs&);
 int64_t linear_select14_avx512x(const LinearArgs&, int64_t o_begin, int64_t o_end);
 // bf16, M >= 2, same requirement: dense math at the bf16 dot-product rate on the weight as it is decoded.
 int64_t linear_bf16_dp_avx512x(const LinearArgs&, int64_t o_begin, int64_t o_end);
-// bf16 2:4, same requirement: kept-only dot products on x packed as column pairs (nm_pairs_avx512x.cpp). fits: the
-// pattern and dtype, and x all finite (pruned positions are never multiplied). pairs24_kernel: whether the ISA's
-// kernel takes that path from kPairsMinM rows on (the glue then keeps large M in the kernel).
-constexpr int64_t kPairsMinM = 32;
-bool pairs24_kernel(Isa isa, int n, int m, DType d);
-bool pairs24_fits_avx512x(const LinearArgs&);
-int64_t linear_pairs24_avx512x(const LinearArgs&, int64_t o_begin, int64_t o_end);
+// bf16 2:4 and 1:4, same requirement: kept-only dot products on x packed as column pairs (nm_pairs_avx512x.cpp).
+// fits: the pattern and dtype (K % 8 == 0 for 1:4), and x all finite (pruned positions are never multiplied).
+// pairs_kernel: whether the ISA's kernel takes that path for this pattern at M rows (the glue then keeps large M in
+// the kernel).
+bool pairs_kernel(Isa isa, int n, int m, DType d, int64_t M);
+bool pairs_fits_avx512x(const LinearArgs&);
+int64_t linear_pairs_avx512x(const LinearArgs&, int64_t o_begin, int64_t o_end);
 int64_t linear_neon(const LinearArgs&, int64_t o_begin, int64_t o_end);
 // The variant for an ISA (nullptr if not compiled for this architecture).
 LinearFn linear_kernel(Isa isa);

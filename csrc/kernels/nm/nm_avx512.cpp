@@ -3,6 +3,8 @@
 // has AVX512-BF16 + VBMI2 (bf16 dot products).
 // GCC 12 warns about the deliberately undefined source operand inside its own AVX-512 intrinsics.
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#include <cstdint>
+
 #include "nm_avx512_dec.h"
 
 namespace sparseops::nm {
@@ -21,17 +23,20 @@ int64_t linear_avx512(const LinearArgs& a, int64_t o_begin, int64_t o_end) {
     return linear_select14_avx512x(a, o_begin, o_end);
   if (a.dtype == DType::f32 && a.M == 1 && a.m <= 8 && 2 * a.n <= a.m && a.K >= 16)
     return amd_ext ? linear_m1_f32_avx512x(a, o_begin, o_end) : linear_avx2(a, o_begin, o_end);
-  // bf16 2:4 from M = 32: kept-only dot products on x packed as column pairs; x with NaN/Inf takes the dense dot
-  // products (the pair path never multiplies pruned positions).
-  if (pairs24_kernel(Isa::avx512, a.n, a.m, a.dtype) && a.M >= kPairsMinM)
-    return pairs24_fits_avx512x(a) ? linear_pairs24_avx512x(a, o_begin, o_end) : linear_bf16_dp_avx512x(a, o_begin, o_end);
+  // bf16 2:4 from M = 32 and 1:4 from M = 64: kept-only dot products on x packed as column pairs; otherwise (x with
+  // NaN/Inf, since the pair path never multiplies pruned positions, or 1:4 with K % 8 != 0) the dense dot products.
+  if (pairs_kernel(Isa::avx512, a.n, a.m, a.dtype, a.M))
+    return pairs_fits_avx512x(a) ? linear_pairs_avx512x(a, o_begin, o_end) : linear_bf16_dp_avx512x(a, o_begin, o_end);
   if (a.dtype == DType::bf16 && o_begin < o_end && a.M < Avx512Dec::sparse_min_m && avx512_ext())
     return a.M == 1 ? linear_m1_bf16_avx512x(a, o_begin, o_end) : linear_bf16_dp_avx512x(a, o_begin, o_end);
   return x86::run<Avx512Dec>(a, o_begin, o_end);
 }
 
-bool pairs24_kernel(Isa isa, int n, int m, DType d) {
-  return isa == Isa::avx512 && d == DType::bf16 && n == 2 && m == 4 && avx512_ext();
+// 1:4 pairs measured 1.2-1.4x faster than the fp32 kept-only GEMM from M = 64 and no faster at M = 32; 2:8 pairs
+// (28 slots per group) measured slower than it, so 2:8 keeps it (bench/results/nm-pairs-ab-zen5-2c-e6eb77a).
+bool pairs_kernel(Isa isa, int n, int m, DType d, int64_t M) {
+  const int64_t min_m = n == 2 && m == 4 ? 32 : n == 1 && m == 4 ? 64 : INT64_MAX;
+  return isa == Isa::avx512 && d == DType::bf16 && M >= min_m && avx512_ext();
 }
 
 int64_t decode_rows_avx512(const LinearArgs& a, void* dense, int64_t ld, int64_t o_begin, int64_t o_end) {
