@@ -41,8 +41,8 @@ inline bool use_dense_tiles(int64_t M, int64_t n, int64_t m, DType dt) {
   // against 0.67-1.07x (bench/results/nm-fp32-paths-xeon2c-e37d7f5); on AMD the kernel wins (see above).
   const bool x86_kernel = (current_isa() == Isa::avx2 || current_isa() == Isa::avx512) && !cpu_features().intel;
   if (bf16_dot && cpu_features().amx_bf16) return true;
-  // bf16 2:4 with AVX512-BF16 + VBMI2: the kernel's pair dot products beat oneDNN's dense bf16 GEMM (1.03-1.33x at
-  // M = 64 / 256 on Zen 5, bench/results/nm-cpu-zen5-2c-*), which the tiles below would run.
+  // bf16 2:4 with AVX512-BF16 + VBMI2: the kernel's pair dot products beat oneDNN's dense bf16 GEMM, which the tiles
+  // below would run (1.07-1.52x dense at M = 64 / 256 on Zen 5 against 0.80-0.95x: nm-pairs-ab-zen5-2c-6d9acc0).
   if (nm::pairs_kernel(current_isa(), static_cast<int>(n), static_cast<int>(m), dt, M)) return false;
   return ((dt == DType::f32 && !x86_kernel) || bf16_dot) && 4 * n > m;
 }
