@@ -52,7 +52,7 @@ def test_tiles_reject_malformed_mask(large_m_path):
 def test_default_path_choice(monkeypatch):
     monkeypatch.delenv("SPARSEOPS_NM_LARGE_M", raising=False)
     feats = sparseops.info()["cpu_features"]
-    pairs = sparseops.cpu_isa() == "avx512" and "avx512x-paths" in feats
+    pairs = sparseops.cpu_isa() == "avx512" and {"avx512x-paths", "amd_zen5"} <= set(feats)
     for dtype, (n, m), M, want in [
         # fp32 at density 1/2: the kept-only GEMM with AVX2 / AVX-512 on AMD; elsewhere MKL's sgemm on decoded tiles
         (torch.float32, (2, 4), 256,
@@ -60,7 +60,7 @@ def test_default_path_choice(monkeypatch):
          else "dense-gemm-tiles"),
         (torch.float32, (1, 4), 256, "sparse-kernel"),
         # bf16: torch's GEMM wins only with hardware bf16 dot products (AVX512-BF16), at every density with AMX;
-        # 2:4 stays in the kernel (pair dot products) where our AVX-512 path has the extensions and there is no AMX
+        # 2:4 stays in the kernel (pair dot products) on Zen 5 with our AVX-512 extension paths
         (torch.bfloat16, (2, 4), 256,
          "dense-gemm-tiles" if "avx512_bf16" in feats and ("amx_bf16" in feats or not pairs) else "sparse-kernel"),
         (torch.bfloat16, (1, 4), 256,

@@ -41,7 +41,7 @@ void sparseops_cpu_features(char* buf, int len) {
   add(f.avx2_fma, "avx2+fma"); add(f.avx512, "avx512"); add(f.avx512_bf16, "avx512_bf16");
   add(f.avx512_vbmi2, "avx512_vbmi2"); add(f.avx512_vpopcntdq, "avx512_vpopcntdq");
   add(f.avx512_bitalg, "avx512_bitalg");
-  add(f.avx512_fp16, "avx512_fp16"); add(f.amx_bf16, "amx_bf16"); add(f.intel, "intel"); add(f.neon, "neon"); add(f.neon_fp16, "neon_fp16");
+  add(f.avx512_fp16, "avx512_fp16"); add(f.amx_bf16, "amx_bf16"); add(f.intel, "intel"); add(f.amd_zen5, "amd_zen5"); add(f.neon, "neon"); add(f.neon_fp16, "neon_fp16");
   add(f.neon_bf16, "neon_bf16");
   add(sparseops::avx512_ext(), "avx512x-paths");  // the *_avx512x kernels are in use (SPARSEOPS_AVX512_EXT)
   copy_out(s, buf, len);

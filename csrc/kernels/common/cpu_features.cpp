@@ -4,6 +4,9 @@
 #include <cstdlib>
 #include <stdexcept>
 
+#if defined(__x86_64__) || defined(_M_X64)
+#include <cpuid.h>
+#endif
 #if defined(__aarch64__) && defined(__linux__)
 #include <sys/auxv.h>
 #ifndef HWCAP_ASIMDHP
@@ -33,6 +36,11 @@ CpuFeatures detect() {
   f.avx512_fp16 = f.avx512 && __builtin_cpu_supports("avx512fp16");
   f.amx_bf16 = __builtin_cpu_supports("amx-tile") && __builtin_cpu_supports("amx-bf16");
   f.intel = __builtin_cpu_is("intel");
+  unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+  if (__builtin_cpu_is("amd") && __get_cpuid(1, &eax, &ebx, &ecx, &edx)) {
+    const unsigned base = (eax >> 8) & 0xf, family = base == 0xf ? base + ((eax >> 20) & 0xff) : base;
+    f.amd_zen5 = family >= 0x1a;
+  }
 #elif defined(__aarch64__)
   f.neon = true;
 #if defined(__linux__)

@@ -20,6 +20,7 @@ struct CpuFeatures {
   bool avx512_fp16 = false;
   bool amx_bf16 = false;      // AMX-TILE + AMX-BF16 (torch's oneDNN bf16 GEMM uses them; our kernels do not)
   bool intel = false;         // GenuineIntel (MKL's sgemm, which torch's fp32 GEMM uses, is fastest there)
+  bool amd_zen5 = false;      // AMD family 0x1A on: full-width 512-bit FP pipes (Zen 4 splits zmm ops in two)
   bool neon = false;          // always true on aarch64
   bool neon_fp16 = false;     // FEAT_FP16 arithmetic
   bool neon_bf16 = false;     // FEAT_BF16

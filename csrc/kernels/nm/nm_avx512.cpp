@@ -36,7 +36,9 @@ int64_t linear_avx512(const LinearArgs& a, int64_t o_begin, int64_t o_end) {
 // (28 slots per group) measured slower than it, so 2:8 keeps it (bench/results/nm-pairs-ab-zen5-2c-e6eb77a).
 bool pairs_kernel(Isa isa, int n, int m, DType d, int64_t M) {
   const int64_t min_m = n == 2 && m == 4 ? 32 : n == 1 && m == 4 ? 64 : INT64_MAX;
-  return isa == Isa::avx512 && d == DType::bf16 && M >= min_m && avx512_ext();
+  // Zen 5 only: on Zen 4 (zmm dot products at half rate) a probe of the same idea ran at ~0.55x oneDNN's dense bf16
+  // GEMM (bench/results/probe-nm-bf16-pairdp-zen4-2c-5851ba0.txt), so the dense tiles stay there until measured.
+  return isa == Isa::avx512 && d == DType::bf16 && M >= min_m && avx512_ext() && cpu_features().amd_zen5;
 }
 
 int64_t decode_rows_avx512(const LinearArgs& a, void* dense, int64_t ld, int64_t o_begin, int64_t o_end) {
