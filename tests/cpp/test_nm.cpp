@@ -158,6 +158,15 @@ void test_nm_select14(Harness& h) {
   }
 }
 
+// The pair kernel itself where it can run (x86 with the AVX-512 extensions; the dispatch takes it on Zen 5 only).
+static nm::LinearFn pairs_direct(Isa isa, const nm::LinearArgs& a) {
+#if defined(SPARSEOPS_X86)
+  if (isa == Isa::avx512 && avx512_ext() && nm::pairs_fits_avx512x(a)) return nm::linear_pairs_avx512x;
+#endif
+  (void)isa; (void)a;
+  return nullptr;
+}
+
 // bf16 at M >= 32 (AVX-512 with the extensions: pair dot products for 2:4 from M = 32 and 1:4 from M = 64; 2:8 as a
 // pattern that does not take them): rows past several superblocks and row chunks, a tail block, token panels of 64
 // and a remainder, bias, two output ranges; x with an Inf goes to the dense dot products and must spread NaN/Inf as
@@ -184,9 +193,8 @@ void test_nm_pairs(Harness& h) {
             for (int64_t i = 0; i < M; ++i)
               for (int64_t k = 0; k < K; ++k) xc.set(i * K + k, x.get(i * ldx + k));
             const nm::LinearArgs a = make_args(bf, w, M, x, ldx, &bias, y, ldy);
-            // The pair kernel itself wherever the extensions run (the dispatch takes it on Zen 5 only).
-            const bool direct = isa == Isa::avx512 && avx512_ext() && !inf && nm::pairs_fits_avx512x(a);
-            const nm::LinearFn f = direct ? nm::linear_pairs_avx512x : fn;
+            const nm::LinearFn pd = inf ? nullptr : pairs_direct(isa, a);
+            const nm::LinearFn f = pd ? pd : fn;
             const int64_t r1 = f(a, 0, 50), r2 = f(a, 50, O);
             std::vector<double> ref, scale;
             reference(xc, K, w.dense, &bias, M, O, K, ref, scale);
@@ -213,8 +221,8 @@ void test_nm_pairs(Harness& h) {
         h.check(r == 77 || exact, "nm pairs %s %d:%d K=%lld: a malformed row 77 gave %lld", isa_name(isa), n, m,
                 (long long)K, (long long)r);
         const nm::LinearArgs ab = make_args(bf, b, 64, x, K, nullptr, y, O);
-        if (isa == Isa::avx512 && avx512_ext() && nm::pairs_fits_avx512x(ab))
-          h.check(nm::linear_pairs_avx512x(ab, 3, O) == 77, "nm pairs %d:%d K=%lld: the pair path did not name row 77", n,
+        if (const nm::LinearFn pd = pairs_direct(isa, ab))
+          h.check(pd(ab, 3, O) == 77, "nm pairs %d:%d K=%lld: the pair path did not name row 77", n,
                   m, (long long)K);
       }
     }
