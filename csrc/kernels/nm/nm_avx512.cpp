@@ -3,8 +3,6 @@
 // has AVX512-BF16 + VBMI2 (bf16 dot products).
 // GCC 12 warns about the deliberately undefined source operand inside its own AVX-512 intrinsics.
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#include <cstdint>
-
 #include "nm_avx512_dec.h"
 
 namespace sparseops::nm {
@@ -30,15 +28,6 @@ int64_t linear_avx512(const LinearArgs& a, int64_t o_begin, int64_t o_end) {
   if (a.dtype == DType::bf16 && o_begin < o_end && a.M < Avx512Dec::sparse_min_m && avx512_ext())
     return a.M == 1 ? linear_m1_bf16_avx512x(a, o_begin, o_end) : linear_bf16_dp_avx512x(a, o_begin, o_end);
   return x86::run<Avx512Dec>(a, o_begin, o_end);
-}
-
-// 1:4 pairs measured 1.2-1.4x faster than the fp32 kept-only GEMM from M = 64 and no faster at M = 32; 2:8 pairs
-// (28 slots per group) measured slower than it, so 2:8 keeps it (bench/results/nm-pairs-ab-zen5-2c-e6eb77a).
-bool pairs_kernel(Isa isa, int n, int m, DType d, int64_t M) {
-  const int64_t min_m = n == 2 && m == 4 ? 32 : n == 1 && m == 4 ? 64 : INT64_MAX;
-  // Zen 5 only: on Zen 4 (zmm dot products at half rate) a probe of the same idea ran at ~0.55x oneDNN's dense bf16
-  // GEMM (bench/results/probe-nm-bf16-pairdp-zen4-2c-5851ba0.txt), so the dense tiles stay there until measured.
-  return isa == Isa::avx512 && d == DType::bf16 && M >= min_m && avx512_ext() && cpu_features().amd_zen5;
 }
 
 int64_t decode_rows_avx512(const LinearArgs& a, void* dense, int64_t ld, int64_t o_begin, int64_t o_end) {

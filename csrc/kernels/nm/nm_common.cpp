@@ -1,3 +1,4 @@
+#include <cstdint>
 // ISA-independent N:M pieces: dispatch, mask validation, decompression.
 #include <cstring>
 
@@ -81,6 +82,15 @@ int64_t decode_rows_scalar(const LinearArgs& a, void* dense, int64_t ld, int64_t
     if (c != kept) return o;
   }
   return -1;
+}
+
+// 1:4 pairs measured 1.2-1.4x faster than the fp32 kept-only GEMM from M = 64 and no faster at M = 32; 2:8 pairs
+// (28 slots per group) measured slower than it, so 2:8 keeps it (bench/results/nm-pairs-ab-zen5-2c-e6eb77a).
+bool pairs_kernel(Isa isa, int n, int m, DType d, int64_t M) {
+  const int64_t min_m = n == 2 && m == 4 ? 32 : n == 1 && m == 4 ? 64 : INT64_MAX;
+  // Zen 5 only: on Zen 4 (zmm dot products at half rate) a probe of the same idea ran at ~0.55x oneDNN's dense bf16
+  // GEMM (bench/results/probe-nm-bf16-pairdp-zen4-2c-5851ba0.txt), so the dense tiles stay there until measured.
+  return isa == Isa::avx512 && d == DType::bf16 && M >= min_m && avx512_ext() && cpu_features().amd_zen5;
 }
 
 }  // namespace sparseops::nm
