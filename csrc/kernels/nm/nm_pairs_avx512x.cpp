@@ -19,6 +19,7 @@
 #include "../common/half.h"
 #include "../common/prefetch.h"
 #include "nm.h"
+#include "nm_x86_tile.h"
 
 namespace sparseops::nm {
 namespace {
@@ -201,19 +202,7 @@ static int64_t panel(const LinearArgs& a, int64_t o_begin, int64_t o_end, int64_
     }
   }
   if (bad) return first_bad_row<P>(a, o_begin, o_end);
-  // acc holds, per output row, the sums of the panel's tokens; y is [M, O]: write runs along O (see sparse_panel).
-  constexpr int OR = 64;
-  const float* lanes = reinterpret_cast<const float*>(acc);
-  const uint16_t* bias = static_cast<const uint16_t*>(a.bias);
-  uint16_t* y = static_cast<uint16_t*>(a.y);
-  for (int64_t o0 = o_begin; o0 < o_end; o0 += OR) {
-    const int n = static_cast<int>(std::min<int64_t>(OR, o_end - o0));
-    float b[OR];
-    for (int j = 0; j < n; ++j) b[j] = bias ? bf16_to_f32(bias[o0 + j]) : 0.0f;
-    const float* l0 = lanes + (o0 - o_begin) * NT;
-    for (int i = 0; i < mp; ++i)
-      for (int j = 0; j < n; ++j) y[(p0 + i) * a.ldy + o0 + j] = f32_to_bf16(l0[j * NT + i] + b[j]);
-  }
+  x86::store_panel(a, DType::bf16, reinterpret_cast<const float*>(acc), NT, o_begin, o_end, p0, mp);
   return -1;
 }
 
@@ -237,14 +226,7 @@ static int64_t run(const LinearArgs& a, int64_t o_begin, int64_t o_end) {
 
 bool pairs_fits_avx512x(const LinearArgs& a) {
   const bool p24 = a.n == 2 && a.m == 4, p14 = a.n == 1 && a.m == 4 && a.K % 8 == 0;
-  if (a.dtype != DType::bf16 || !(p24 || p14)) return false;
-  for (int64_t i = 0; i < a.M; ++i) {
-    const uint16_t* u = static_cast<const uint16_t*>(a.x) + i * a.ldx;
-    uint16_t worst = 0;
-    for (int64_t k = 0; k < a.K; ++k) worst = std::max<uint16_t>(worst, u[k] & 0x7fff);
-    if (worst >= 0x7f80) return false;
-  }
-  return true;
+  return a.dtype == DType::bf16 && (p24 || p14) && x86::all_finite(a);
 }
 
 int64_t linear_pairs_avx512x(const LinearArgs& a, int64_t o_begin, int64_t o_end) {

@@ -377,6 +377,22 @@ static inline bool all_finite(const LinearArgs& a) {
   return true;
 }
 
+// A kept-only panel's sums to y, plus bias: lanes[(o - o_begin) * lw + i] is y[p0 + i, o] for i < mp. y is [M, O]:
+// an output row's sums belong to mp rows of y, ldy apart (one L1 set when ldy * 4 is a multiple of 4 KiB), so they
+// are written in runs of OR along O instead, reading lanes across rows.
+static inline void store_panel(const LinearArgs& a, DType d, const float* lanes, int lw, int64_t o_begin,
+                               int64_t o_end, int64_t p0, int mp) {
+  constexpr int OR = 64;
+  for (int64_t o0 = o_begin; o0 < o_end; o0 += OR) {
+    const int n = static_cast<int>(std::min<int64_t>(OR, o_end - o0));
+    float b[OR];
+    for (int j = 0; j < n; ++j) b[j] = a.bias ? elem_to_f32(d, a.bias, o0 + j) : 0.0f;
+    const float* l0 = lanes + (o0 - o_begin) * lw;
+    for (int i = 0; i < mp; ++i)
+      for (int j = 0; j < n; ++j) store_out(d, a.y, (p0 + i) * a.ldy + o0 + j, l0[j * lw + i] + b[j]);
+  }
+}
+
 // One panel: x rows [p0, p0 + mp), mp <= NV * W. RS output rows at a time give RS * NV independent FMA
 // chains (NV alone would wait on FMA latency; two FMA pipes x 4 cycles want about 8).
 template <class Dec, DType D, int NV, int RS>
@@ -462,18 +478,7 @@ static void sparse_panel(const LinearArgs& a, const Geo& g, int64_t o_begin, int
         for (int q = 0; q < NV; ++q) acc[(rows[r] - o_begin) * NV + q] = va[r][q];
     }
   }
-  // y is [M, O]: an output row's MP sums belong to MP rows of y, ldy apart (one L1 set when ldy * 4 is a multiple
-  // of 4 KiB). Written in runs of OR along O instead, from acc read across rows.
-  constexpr int OR = 64;
-  const float* lanes = reinterpret_cast<const float*>(acc.data());  // [O][MP]
-  for (int64_t o0 = o_begin; o0 < o_end; o0 += OR) {
-    const int n = static_cast<int>(std::min<int64_t>(OR, o_end - o0));
-    float b[OR];
-    for (int j = 0; j < n; ++j) b[j] = a.bias ? elem_to_f32(D, a.bias, o0 + j) : 0.0f;
-    const float* l0 = lanes + (o0 - o_begin) * MP;
-    for (int i = 0; i < mp; ++i)
-      for (int j = 0; j < n; ++j) store_out(D, a.y, (p0 + i) * a.ldy + o0 + j, l0[j * MP + i] + b[j]);
-  }
+  store_panel(a, D, reinterpret_cast<const float*>(acc.data()), MP, o_begin, o_end, p0, mp);
 }
 
 template <class Dec, DType D>
