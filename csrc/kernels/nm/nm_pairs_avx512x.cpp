@@ -93,12 +93,6 @@ static void pack_block(const LinearArgs& a, int64_t p0, int mp, int64_t k0, int 
   }
 }
 
-// Word g of w in every lane.
-static inline __m512i word_of(__m512i w, int g) {
-  const __m512i lane = _mm512_permutexvar_epi32(_mm512_set1_epi32(g), w);
-  return lane;
-}
-
 // One block (ng pair-groups from k0, packed x at xp) for rows [o0, o1) of a chunk, RS rows at a time (RS * NV
 // chains), on acc[(o - o0) * NV + q] (L1-resident: the chunk's rows only). Prefetches each row's values two blocks
 // ahead (pf: the rows and column of that block). Returns nonzero if some row's bits in this block are malformed.
