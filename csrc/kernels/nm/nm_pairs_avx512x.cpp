@@ -76,18 +76,68 @@ static inline uint64_t block_bits(const uint8_t* mr, int64_t k0, int cols, int64
   return w;
 }
 
+// 16 rows of 16 dwords transposed in place: r[c] holds dword c of every row (row t in lane t).
+static inline void transpose16(__m512i r[16]) {
+  __m512i t[16];
+  for (int i = 0; i < 16; i += 2) {
+    t[i] = _mm512_unpacklo_epi32(r[i], r[i + 1]);
+    t[i + 1] = _mm512_unpackhi_epi32(r[i], r[i + 1]);
+  }
+  for (int i = 0; i < 16; i += 4) {
+    r[i] = _mm512_unpacklo_epi64(t[i], t[i + 2]);
+    r[i + 1] = _mm512_unpackhi_epi64(t[i], t[i + 2]);
+    r[i + 2] = _mm512_unpacklo_epi64(t[i + 1], t[i + 3]);
+    r[i + 3] = _mm512_unpackhi_epi64(t[i + 1], t[i + 3]);
+  }
+  // r[4b + c] now holds dword (4 * lane128 + c) of rows {4b..4b+3} in 128-bit lane order; gather the lanes.
+  for (int i = 0; i < 4; ++i) {
+    t[i] = _mm512_shuffle_i32x4(r[i], r[i + 4], 0x88);
+    t[i + 4] = _mm512_shuffle_i32x4(r[i], r[i + 4], 0xdd);
+    t[i + 8] = _mm512_shuffle_i32x4(r[i + 8], r[i + 12], 0x88);
+    t[i + 12] = _mm512_shuffle_i32x4(r[i + 8], r[i + 12], 0xdd);
+  }
+  for (int i = 0; i < 4; ++i) {
+    r[i] = _mm512_shuffle_i32x4(t[i], t[i + 8], 0x88);
+    r[i + 8] = _mm512_shuffle_i32x4(t[i], t[i + 8], 0xdd);
+    r[i + 4] = _mm512_shuffle_i32x4(t[i + 4], t[i + 12], 0x88);
+    r[i + 12] = _mm512_shuffle_i32x4(t[i + 4], t[i + 12], 0xdd);
+  }
+}
+
+// Word permute indices: 16-bit element 2t from element 2t + lo of the first source, 2t + 1 from 2t + hi of the second.
+static inline __m512i pair_index(int lo, int hi) {
+  const __m512i t2 = _mm512_slli_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0), 1);
+  return _mm512_or_si512(_mm512_add_epi32(t2, _mm512_set1_epi32(lo)),
+                         _mm512_slli_epi32(_mm512_add_epi32(t2, _mm512_set1_epi32(32 + hi)), 16));
+}
+
 // Tokens [p0, p0 + mp) of ng pair-groups from column k0, as xp[(g * SG + slot) * NT + token]: the pair's two bf16 in
-// one word, lower column in the low half (the value word's order). Tokens past mp stay as they were (zero).
+// one word, lower column in the low half (the value word's order). 16 tokens x 32 columns at a time: transposed to
+// 16 column-pair vectors, from which each slot is one two-source word permute (a scalar pack cost as much as a
+// quarter of the 1:4 dot products). Tokens past mp are written as zero up to the next 16.
 template <class P, int NT>
 static void pack_block(const LinearArgs& a, int64_t p0, int mp, int64_t k0, int ng, uint32_t* xp) {
-  for (int t = 0; t < mp; ++t) {
-    const uint16_t* row = static_cast<const uint16_t*>(a.x) + (p0 + t) * a.ldx + k0;
-    for (int g = 0; g < ng; ++g) {
-      uint32_t c[P::PW];
-      for (int j = 0; j < P::PW; ++j) c[j] = row[P::PW * g + j];
-      for (int p = 0; p < P::NPAIR; ++p) {
-        const int i = P::pairs[p][0], j = P::pairs[p][1];
-        xp[(g * P::SG + P::slot_of(i, j)) * NT + t] = c[i] | (c[j] << 16);
+  // ix[lo | hi << 1]: word t takes x column (2t + lo) of the first source and (2t + hi) of the second.
+  const __m512i ix[4] = {pair_index(0, 0), pair_index(1, 0), pair_index(0, 1), pair_index(1, 1)};
+  const uint16_t* x = static_cast<const uint16_t*>(a.x);
+  const int cols = ng * P::PW;
+  for (int t0 = 0; t0 < mp; t0 += 16) {
+    for (int c0 = 0; c0 < cols; c0 += 32) {
+      const int cc = std::min(32, cols - c0);
+      const __mmask32 cm = cc == 32 ? ~0u : (1u << cc) - 1;
+      __m512i r[16];
+#pragma GCC unroll 16
+      for (int t = 0; t < 16; ++t)
+        r[t] = t0 + t < mp ? _mm512_maskz_loadu_epi16(cm, x + (p0 + t0 + t) * a.ldx + k0 + c0) : _mm512_setzero_si512();
+      transpose16(r);
+      for (int g = c0 / P::PW; g < (c0 + cc) / P::PW; ++g) {
+        const int cb = (g * P::PW - c0) / 2;
+#pragma GCC unroll 28
+        for (int p = 0; p < P::NPAIR; ++p) {
+          const int i = P::pairs[p][0], j = P::pairs[p][1];
+          const __m512i w = _mm512_permutex2var_epi16(r[cb + i / 2], ix[(i & 1) | (j & 1) << 1], r[cb + j / 2]);
+          _mm512_store_si512(xp + static_cast<size_t>(g * P::SG + P::slot_of(i, j)) * NT + t0, w);
+        }
       }
     }
   }
