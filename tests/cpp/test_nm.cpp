@@ -167,8 +167,8 @@ static nm::LinearFn pairs_direct(Isa isa, const nm::LinearArgs& a) {
   return nullptr;
 }
 
-// bf16 at M >= 32 (AVX-512 with the extensions: pair dot products for 2:4 from M = 32 and 1:4 from M = 64; 2:8 as a
-// pattern that does not take them): rows past several superblocks and row chunks, a tail block, token panels of 64
+// bf16 at M >= 32 (AVX-512 with the extensions: pair dot products for 2:4, 2:8 and 4:8 from M = 32 and 1:4 from
+// M = 64): rows past several superblocks and row chunks, a tail block, token panels of 64
 // and a remainder, bias, two output ranges; x with an Inf goes to the dense dot products and must spread NaN/Inf as
 // dense math does. 1:4 with K % 8 != 0 goes there too.
 void test_nm_pairs(Harness& h) {
@@ -176,7 +176,7 @@ void test_nm_pairs(Harness& h) {
   const DType bf = DType::bf16;
   for (Isa isa : available_isas()) {
     const nm::LinearFn fn = nm::linear_kernel(isa);
-    for (auto pat : {std::pair<int, int>{2, 4}, {1, 4}, {2, 8}}) {
+    for (auto pat : {std::pair<int, int>{2, 4}, {1, 4}, {2, 8}, {4, 8}}) {
       const int n = pat.first, m = pat.second;
       for (int64_t K : {int64_t(1204), int64_t(1208)}) {  // 1204: a 4-column tail, which 1:4 pairs do not take
         if (K % m) continue;
@@ -205,11 +205,11 @@ void test_nm_pairs(Harness& h) {
                     isa_name(isa), n, m, (long long)K, (long long)M, inf, (long long)r1, (long long)r2, bad);
           }
         // Row 77, columns 560..575 (second superblock): groups wrong, every 16-column chunk's count right (2:4: a
-        // nibble of four bits beside an empty one; 1:4: two bits in one nibble; 2:8: 3 + 1 bits).
+        // nibble of four bits beside an empty one; 1:4: two bits in one nibble; 2:8: 3 + 1 bits; 4:8: 7 + 1).
         NmWeight b = w;
         uint8_t* mb = b.mask.data() + 77 * b.row_bytes + 70;
         if (m == 4) mb[0] = n == 2 ? 0x0f : 0x03;
-        else { mb[0] = 0x07; mb[1] = 0x01; }
+        else { mb[0] = n == 2 ? 0x07 : 0x7f; mb[1] = 0x01; }
         Buf x(bf, 64 * K), y(bf, 64 * O);
         fill_uniform(x, rng);
         const int64_t r = fn(make_args(bf, b, 64, x, K, nullptr, y, O), 3, O);

@@ -1,11 +1,10 @@
-// bf16 2:4 and 1:4 at large M on CPUs with AVX512-BF16: a kept-only GEMM at the bf16 dot-product rate.
+// bf16 2:4, 1:4, 2:8 and 4:8 at large M on CPUs with AVX512-BF16: a kept-only GEMM at the bf16 dot-product rate.
 // A row's kept values are stored in column order, so each two consecutive ones are a 32-bit word: a "pair", whose
-// columns lie in one pair-group (2:4: a group of 4; 1:4: two groups, 8 columns). vdpbf16ps multiplies 16 such words
-// by 16 pairs of x values in one instruction. x is packed per pair-group as every column pair the pattern allows
-// (2:4: 6, 1:4: 16), each a vector of tokens; a row's pair-group picks its slot from its mask bits and does one dot
-// product per 16 tokens with its broadcast value word. That is half (2:4) or a quarter (1:4) of the multiplies of
-// dense bf16 math, and half the instructions of the fp32 kept-only GEMM. (2:8, 28 slots per group, ran slower than
-// that GEMM on Zen 5.)
+// columns lie in one pair-group (2:4: a group of 4; 1:4: two groups, 8 columns; 2:8, 4:8: a group of 8, with two
+// words in 4:8). vdpbf16ps multiplies 16 such words by 16 pairs of x values in one instruction. x is packed per
+// pair-group as every column pair the pattern allows (2:4: 6, 1:4: 16, m = 8: 28), each a vector of tokens; a row's
+// word picks its slot from its mask bits and does one dot product per 16 tokens with its broadcast value word. That
+// is the kept fraction of the multiplies of dense bf16 math, and half the instructions of the fp32 kept-only GEMM.
 // Pruned positions are never multiplied, so callers use it only when x is all finite. Each row's mask is checked
 // per block (every group holds n bits, none past K); a bad row is named before anything is written.
 // GCC 12 warns about the deliberately undefined source operand inside its own AVX-512 intrinsics.
@@ -24,31 +23,67 @@
 namespace sparseops::nm {
 namespace {
 
-constexpr int KB = 64;  // columns per block (one cache line of 2:4 values per row)
-
 // 2:4: the pair (i, j) of a group sits in slot (1 << i) | (1 << j), the mask nibble itself, so a row finds it with
 // a shift and a mask. Pair-groups are SG slots apart (13: nibbles go up to 12, and it spreads the live slots of
 // successive groups over different L1 sets). Packed x of a 64-column block at 64 tokens: 16 x 6 x 256 B = 24 KiB.
+// KB: columns per block (64: one cache line of 2:4 values per row; 32 where 64 columns of packed x outgrow L1).
+// W: value words per pair-group.
 struct Pat24 {
-  static constexpr int n = 2, m = 4, PW = 4, SG = 13, KS = 512, NPAIR = 6;
+  static constexpr int n = 2, m = 4, PW = 4, SG = 13, KS = 512, KB = 64, NPAIR = 6, W = 1;
   static constexpr int pairs[NPAIR][2] = {{0, 1}, {0, 2}, {0, 3}, {1, 2}, {1, 3}, {2, 3}};
   static constexpr int slot_of(int i, int j) { return (1 << i) | (1 << j); }
-  static inline uint64_t slot(uint64_t bits, int g) { return (bits >> (4 * g)) & 15; }
+  static inline uint64_t slot(uint64_t bits, int g, int) { return (bits >> (4 * g)) & 15; }
 };
-// 8-column pair-groups (1:4: one kept column per nibble): slot i * 8 + j from the byte's two
-// lowest set bits (a malformed byte gives at most 63: the buffer has room). 1:4: 8 x 16 x 256 B = 32 KiB per block.
+// 8-column pair-groups (1:4: one kept column per nibble; 2:8; 4:8: two words): word w's slot is i * 8 + j from the
+// byte's set bits 2w and 2w + 1 (lowest first; a malformed byte gives at most 63: the buffer has room).
+// Packed x per block: 1:4 8 x 16 x 256 B = 32 KiB; 2:8 / 4:8 (28 pairs) 8 x 28 x 256 B = 56 KiB.
 struct Pat8 {
   static constexpr int PW = 8, SG = 57, KS = 256;
   static constexpr int slot_of(int i, int j) { return i * 8 + j; }
-  static inline uint64_t slot(uint64_t bits, int g) {
-    const uint32_t b = static_cast<uint32_t>(bits >> (8 * g)) & 255u;
+  static inline uint64_t slot(uint64_t bits, int g, int w) {
+    uint32_t b = static_cast<uint32_t>(bits >> (8 * g)) & 255u;
+    if (w) b &= b - 1, b &= b - 1;
     return static_cast<uint64_t>(__builtin_ctz(b | 0x80u) * 8 + __builtin_ctz((b & (b - 1)) | 0x80u));
   }
 };
 struct Pat14 : Pat8 {
-  static constexpr int n = 1, m = 4, NPAIR = 16;
+  static constexpr int n = 1, m = 4, KB = 64, NPAIR = 16, W = 1;
   static constexpr int pairs[NPAIR][2] = {{0, 4}, {0, 5}, {0, 6}, {0, 7}, {1, 4}, {1, 5}, {1, 6}, {1, 7},
                                           {2, 4}, {2, 5}, {2, 6}, {2, 7}, {3, 4}, {3, 5}, {3, 6}, {3, 7}};
+};
+// 2:8 / 4:8: the slots of both words of a mask byte from one table entry (slot of word w in bits 8w..8w+7): one
+// load instead of two bit scans per word (4:8 ran 5-7% faster: nm-pairs8-tries-zen5-2c-dff6611).
+struct SlotLut {
+  uint16_t s[256];
+  constexpr SlotLut() : s() {
+    for (int b = 0; b < 256; ++b) {
+      int v = 0;
+      for (int w = 0, c = b; w < 2; ++w) {
+        const int i = lowbit(c | 0x80);
+        c &= c - 1;
+        const int j = lowbit(c | 0x80);
+        c &= c - 1;
+        v |= (i * 8 + j) << (8 * w);
+      }
+      s[b] = static_cast<uint16_t>(v);
+    }
+  }
+  static constexpr int lowbit(int c) {
+    int i = 0;
+    while (!(c & 1)) c >>= 1, ++i;
+    return i;
+  }
+};
+inline constexpr SlotLut kSlotLut{};
+template <int N>
+struct Pat8N : Pat8 {
+  static inline uint64_t slot(uint64_t bits, int g, int w) {
+    return (kSlotLut.s[(bits >> (8 * g)) & 255] >> (8 * w)) & 255;
+  }
+  static constexpr int n = N, m = 8, KB = 64, NPAIR = 28, W = N / 2, KS = 256;
+  static constexpr int pairs[NPAIR][2] = {{0, 1}, {0, 2}, {0, 3}, {0, 4}, {0, 5}, {0, 6}, {0, 7}, {1, 2}, {1, 3}, {1, 4},
+                                          {1, 5}, {1, 6}, {1, 7}, {2, 3}, {2, 4}, {2, 5}, {2, 6}, {2, 7}, {3, 4}, {3, 5},
+                                          {3, 6}, {3, 7}, {4, 5}, {4, 6}, {4, 7}, {5, 6}, {5, 7}, {6, 7}};
 };
 // Nonzero unless each group (m bits) among the low `live` bits of w holds exactly n set bits and the rest are clear.
 template <class P>
@@ -63,17 +98,18 @@ static inline uint64_t groups_off(uint64_t w, int live) {
   return t ^ (live == 64 ? want : want & ((uint64_t(1) << live) - 1));
 }
 
-// The mask bits of columns [k0, k0 + cols) of a row (reads only the row's own bytes; up to 64 columns).
+// The mask bits of columns [k0, k0 + cols) of a row in a block of KB columns (reads only the row's own bytes; bits
+// past K up to the next byte boundary come along, so a mask with such bits set fails groups_off).
+template <int KB>
 static inline uint64_t block_bits(const uint8_t* mr, int64_t k0, int cols, int64_t rb) {
   const int64_t b0 = k0 / 8;
-  if (cols == KB && b0 + 8 <= rb) {
-    uint64_t w;
-    std::memcpy(&w, mr + b0, 8);
-    return w;
-  }
   uint64_t w = 0;
-  for (int64_t b = b0; b < rb && b < b0 + 8; ++b) w |= static_cast<uint64_t>(mr[b]) << (8 * (b - b0));
-  return w;
+  if (cols == KB && b0 + 8 <= rb) {
+    std::memcpy(&w, mr + b0, 8);
+  } else {
+    for (int64_t b = b0; b < rb && b < b0 + 8; ++b) w |= static_cast<uint64_t>(mr[b]) << (8 * (b - b0));
+  }
+  return KB == 64 ? w : w & ((uint64_t(1) << KB) - 1);  // the next block's bits are its own
 }
 
 // 16 rows of 16 dwords transposed in place: r[c] holds dword c of every row (row t in lane t).
@@ -149,7 +185,7 @@ static void pack_block(const LinearArgs& a, int64_t p0, int mp, int64_t k0, int 
 template <class P, int NV, int RS, bool FULL>
 static uint64_t block_rows(const LinearArgs& a, int64_t o0, int64_t o1, int64_t k0, int ng, bool first,
                            const uint32_t* xp, __m512* acc, int64_t pf_o, int64_t pf_k, int64_t o_end) {
-  constexpr int NT = NV * 16, GB = KB / P::PW;
+  constexpr int NT = NV * 16, GB = P::KB / P::PW;
   const int64_t rb = (a.K + 7) / 8, kept = a.K / P::m * P::n;
   const int cols = (FULL ? GB : ng) * P::PW;
   const uint16_t* vals = static_cast<const uint16_t*>(a.values);
@@ -164,7 +200,7 @@ static uint64_t block_rows(const LinearArgs& a, int64_t o0, int64_t o1, int64_t 
     for (int r = 0; r < RS; ++r) {
 #pragma GCC unroll 4
       for (int q = 0; q < NV; ++q) va[r][q] = first ? _mm512_setzero_ps() : acc[(rows[r] - o0) * NV + q];
-      bits[r] = block_bits(a.mask + rows[r] * rb, k0, cols, rb);
+      bits[r] = block_bits<P::KB>(a.mask + rows[r] * rb, k0, cols, rb);
       bad |= groups_off<P>(bits[r], cols);
       vr[r] = vals + rows[r] * kept + k0 / P::m * P::n;
     }
@@ -175,17 +211,20 @@ static uint64_t block_rows(const LinearArgs& a, int64_t o0, int64_t o1, int64_t 
     // The block's value words of a row in one vector; each pair-group's word is broadcast from it by a permute
     // (a load per word would compete with the x loads, which bound the loop).
     __m512i wz[RS];
-    const __mmask16 live = FULL ? static_cast<__mmask16>((1u << GB) - 1) : static_cast<__mmask16>((1u << ng) - 1);
+    const __mmask16 live = static_cast<__mmask16>((1u << ((FULL ? GB : ng) * P::W)) - 1);
     for (int r = 0; r < RS; ++r) wz[r] = _mm512_maskz_loadu_epi32(live, vr[r]);
     const char* xb = reinterpret_cast<const char*>(xp);
     auto group = [&](int g) __attribute__((always_inline)) {
 #pragma GCC unroll 4
-      for (int r = 0; r < RS; ++r) {
-        const __m512bh wv = (__m512bh)_mm512_permutexvar_epi32(_mm512_set1_epi32(g), wz[r]);
-        const char* xg = xb + static_cast<size_t>(g * P::SG + P::slot(bits[r], g)) * (NT * 4);
+      for (int r = 0; r < RS; ++r)
+#pragma GCC unroll 2
+        for (int w = 0; w < P::W; ++w) {
+          const __m512bh wv = (__m512bh)_mm512_permutexvar_epi32(_mm512_set1_epi32(g * P::W + w), wz[r]);
+          const char* xg = xb + static_cast<size_t>(g * P::SG + P::slot(bits[r], g, w)) * (NT * 4);
 #pragma GCC unroll 4
-        for (int q = 0; q < NV; ++q) va[r][q] = _mm512_dpbf16_ps(va[r][q], wv, (__m512bh)_mm512_load_si512(xg + 64 * q));
-      }
+          for (int q = 0; q < NV; ++q)
+            va[r][q] = _mm512_dpbf16_ps(va[r][q], wv, (__m512bh)_mm512_load_si512(xg + 64 * q));
+        }
     };
     if constexpr (FULL) {
 #pragma GCC unroll 16
@@ -205,19 +244,20 @@ template <class P>
 static int64_t first_bad_row(const LinearArgs& a, int64_t o_begin, int64_t o_end) {
   const int64_t rb = (a.K + 7) / 8;
   for (int64_t o = o_begin; o < o_end; ++o)
-    for (int64_t k0 = 0; k0 < a.K; k0 += KB) {
-      const int cols = static_cast<int>(std::min<int64_t>(KB, a.K - k0));
-      if (groups_off<P>(block_bits(a.mask + o * rb, k0, cols, rb), cols)) return o;
+    for (int64_t k0 = 0; k0 < a.K; k0 += P::KB) {
+      const int cols = static_cast<int>(std::min<int64_t>(P::KB, a.K - k0));
+      if (groups_off<P>(block_bits<P::KB>(a.mask + o * rb, k0, cols, rb), cols)) return o;
     }
   return o_end - 1;  // unreachable after a failed block
 }
 
 // Loops: superblocks of KS columns (their packed x, 192-224 KiB at 64 tokens, stays in L2) > chunks of RC rows
 // (their sums, 12 KiB, stay in L1 across the superblock) > blocks of KB columns (packed x 24-32 KiB, in L1 while the
-// chunk's rows use it) > RS rows in registers.
+// chunk's rows use it; 56 KiB for m = 8, yet 32- to 48-column blocks ran slower on Zen 5: each block reloads the
+// sums) > RS rows in registers.
 template <class P, int NV, int RS>
 static int64_t panel(const LinearArgs& a, int64_t o_begin, int64_t o_end, int64_t p0, int mp) {
-  constexpr int NT = NV * 16, GB = KB / P::PW, RC = 16 * RS;
+  constexpr int NT = NV * 16, KB = P::KB, GB = KB / P::PW, RC = 16 * RS;
   // + 64 slots: the slot of a malformed mask byte or nibble stays inside
   AlignedF32 xpa((static_cast<size_t>(P::KS / P::PW) * P::SG + 64) * NT);
   uint32_t* xp = reinterpret_cast<uint32_t*>(xpa.p);
@@ -269,12 +309,13 @@ static int64_t run(const LinearArgs& a, int64_t o_begin, int64_t o_end) {
 }  // namespace
 
 bool pairs_fits_avx512x(const LinearArgs& a) {
-  const bool p24 = a.n == 2 && a.m == 4, p14 = a.n == 1 && a.m == 4 && a.K % 8 == 0;
-  return a.dtype == DType::bf16 && (p24 || p14) && x86::all_finite(a);
+  const bool p4 = a.m == 4 && (a.n == 2 || (a.n == 1 && a.K % 8 == 0)), p8 = a.m == 8 && (a.n == 2 || a.n == 4);
+  return a.dtype == DType::bf16 && (p4 || p8) && x86::all_finite(a);
 }
 
 int64_t linear_pairs_avx512x(const LinearArgs& a, int64_t o_begin, int64_t o_end) {
   if (o_begin >= o_end) return -1;
+  if (a.m == 8) return a.n == 4 ? run<Pat8N<4>>(a, o_begin, o_end) : run<Pat8N<2>>(a, o_begin, o_end);
   return a.n == 1 ? run<Pat14>(a, o_begin, o_end) : run<Pat24>(a, o_begin, o_end);
 }
 
