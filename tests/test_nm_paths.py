@@ -65,10 +65,10 @@ def test_default_path_choice(monkeypatch):
          "dense-gemm-tiles" if "avx512_bf16" in feats and ("amx_bf16" in feats or not pairs) else "sparse-kernel"),
         (torch.bfloat16, (1, 4), 256,
          "dense-gemm-tiles" if {"avx512_bf16", "amx_bf16"} <= set(feats) else "sparse-kernel"),
-        # 4:8: pair dot products on Zen 5 up to M = 127, oneDNN's GEMM on tiles from 128 (and wherever it has AVX512-BF16)
+        # 4:8: pair dot products on Zen 5 up to M = 191, oneDNN's GEMM on tiles from 192 (and wherever it has AVX512-BF16)
         (torch.bfloat16, (4, 8), 64,
          "dense-gemm-tiles" if "avx512_bf16" in feats and ("amx_bf16" in feats or not pairs) else "sparse-kernel"),
-        (torch.bfloat16, (4, 8), 128, "dense-gemm-tiles" if "avx512_bf16" in feats else "sparse-kernel"),
+        (torch.bfloat16, (4, 8), 192, "dense-gemm-tiles" if "avx512_bf16" in feats else "sparse-kernel"),
         (torch.bfloat16, (2, 8), 256, "dense-gemm-tiles" if {"avx512_bf16", "amx_bf16"} <= set(feats) else "sparse-kernel"),
         (torch.float32, (2, 4), 16, "sparse-kernel"),
     ]:

@@ -88,11 +88,13 @@ int64_t decode_rows_scalar(const LinearArgs& a, void* dense, int64_t ld, int64_t
 // (bench/results/nm-pairs-ab-zen5-2c-e6eb77a). In one A/B sitting (bench/results/nm-pairs8-ab-zen5-2c-dff6611)
 // 2:8 pairs ran 1.01-1.16x dense at M = 32..128 (that GEMM 0.86-1.15x) and 0.92-1.14x at M = 256 (0.95-0.98x);
 // 4:8 pairs at M = 32 / 64 1.05-1.30x against 0.78-1.03x for the dense tiles or dot products. At M = 256 4:8 pairs
-// ran 0.82-0.87x (nm-pairs8-tries-zen5-2c-dff6611), under the tiles' 0.92-0.95x, so from M = 128 4:8 keeps them.
+// ran 0.82-0.87x (nm-pairs8-tries-zen5-2c-dff6611), under the tiles' 0.92-0.95x; alternating at M = 128 pairs ran
+// 0.96-1.02x against the tiles' 0.87-0.92x, at M = 192 0.89-0.95x against 0.90-0.93x
+// (nm-pairs48-cutoff-zen5-2c-5969e37), so 4:8 takes the tiles from M = 192.
 bool pairs_kernel(Isa isa, int n, int m, DType d, int64_t M) {
   const int64_t min_m = m == 4 ? (n == 2 ? 32 : n == 1 ? 64 : INT64_MAX) : m == 8 && (n == 2 || n == 4) ? 32 : INT64_MAX;
   // 4:8 at large M: oneDNN's dense GEMM on decoded tiles (nearly at the bf16 peak there) is faster.
-  if (n == 4 && m == 8 && M >= 128) return false;
+  if (n == 4 && m == 8 && M >= 192) return false;
   // Zen 5 only: on Zen 4 (zmm dot products at half rate) a probe of the same idea ran at ~0.55x oneDNN's dense bf16
   // GEMM (bench/results/probe-nm-bf16-pairdp-zen4-2c-5851ba0.txt), so the dense tiles stay there until measured.
   return isa == Isa::avx512 && d == DType::bf16 && M >= min_m && avx512_ext() && cpu_features().amd_zen5;
