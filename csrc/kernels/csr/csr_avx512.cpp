@@ -5,6 +5,7 @@
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include <immintrin.h>
 
+#include "../common/transpose_avx512.h"
 #include "csr_impl.h"
 #include "csr_x86_load.h"
 
@@ -132,33 +133,6 @@ struct Avx512Ops {
 
 static_assert(Avx512Ops::kMaxNV * Avx512Ops::W == tile_columns(Isa::avx512), "packed_ld pads by this tile width");
 
-// r[i] = row i of a 16 x 16 fp32 block -> r[k] = its column k (unpack, in-lane shuffle, two 128-bit shuffles).
-static inline void transpose16(__m512* r) {
-  __m512 t[16];
-  for (int i = 0; i < 16; i += 2) {
-    t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
-    t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
-  }
-  for (int i = 0; i < 16; i += 4) {
-    r[i] = _mm512_shuffle_ps(t[i], t[i + 2], 0x44);
-    r[i + 1] = _mm512_shuffle_ps(t[i], t[i + 2], 0xEE);
-    r[i + 2] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0x44);
-    r[i + 3] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
-  }
-  for (int i = 0; i < 4; ++i) {
-    t[i] = _mm512_shuffle_f32x4(r[i], r[i + 4], 0x88);
-    t[i + 4] = _mm512_shuffle_f32x4(r[i], r[i + 4], 0xDD);
-    t[i + 8] = _mm512_shuffle_f32x4(r[i + 8], r[i + 12], 0x88);
-    t[i + 12] = _mm512_shuffle_f32x4(r[i + 8], r[i + 12], 0xDD);
-  }
-  for (int i = 0; i < 4; ++i) {
-    r[i] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0x88);
-    r[i + 8] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0xDD);
-    r[i + 4] = _mm512_shuffle_f32x4(t[i + 4], t[i + 12], 0x88);
-    r[i + 12] = _mm512_shuffle_f32x4(t[i + 4], t[i + 12], 0xDD);
-  }
-}
-
 // pack_b for row-major x (unit stride along k): 16 rows x 16 k at a time through a register transpose, the
 // finiteness of each row checked on the same loads. The column-by-column scalar pack wrote a different line per
 // element and took ~25-30 us for x [16, 4096] on one thread, a tenth of a whole M=16 call at 95% sparsity.
@@ -172,14 +146,13 @@ static void pack_rows(const V* src, int64_t sj, int64_t K, int64_t N, float* b, 
     for (int64_t k0 = 0; k0 < K; k0 += 16) {
       const int kn = static_cast<int>(std::min<int64_t>(16, K - k0));
       const __mmask16 live = static_cast<__mmask16>((1u << kn) - 1u);
-      __m512 r[16];
+      __m512i r[16];
       for (int j = 0; j < 16; ++j) {
-        r[j] = j < jn ? val16(src + (jb + j) * sj + k0, live) : _mm512_setzero_ps();
-        bad |= static_cast<uint32_t>(
-                   _mm512_cmpge_epu32_mask(_mm512_and_si512(_mm512_castps_si512(r[j]), mag), inf) != 0) << j;
+        r[j] = _mm512_castps_si512(j < jn ? val16(src + (jb + j) * sj + k0, live) : _mm512_setzero_ps());
+        bad |= static_cast<uint32_t>(_mm512_cmpge_epu32_mask(_mm512_and_si512(r[j], mag), inf) != 0) << j;
       }
-      transpose16(r);
-      for (int k = 0; k < kn; ++k) _mm512_storeu_ps(b + (k0 + k) * ldb + jb, r[k]);
+      transpose16_epi32(r);
+      for (int k = 0; k < kn; ++k) _mm512_storeu_si512(b + (k0 + k) * ldb + jb, r[k]);
     }
     if (nonfinite)
       for (int j = 0; j < jn; ++j) nonfinite[jb + j] = (bad >> j) & 1;

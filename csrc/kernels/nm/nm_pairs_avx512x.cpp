@@ -17,6 +17,7 @@
 #include "../common/aligned.h"
 #include "../common/half.h"
 #include "../common/prefetch.h"
+#include "../common/transpose_avx512.h"
 #include "nm.h"
 #include "nm_x86_tile.h"
 
@@ -112,34 +113,6 @@ static inline uint64_t block_bits(const uint8_t* mr, int64_t k0, int cols, int64
   return KB == 64 ? w : w & ((uint64_t(1) << KB) - 1);  // the next block's bits are its own
 }
 
-// 16 rows of 16 dwords transposed in place: r[c] holds dword c of every row (row t in lane t).
-static inline void transpose16(__m512i r[16]) {
-  __m512i t[16];
-  for (int i = 0; i < 16; i += 2) {
-    t[i] = _mm512_unpacklo_epi32(r[i], r[i + 1]);
-    t[i + 1] = _mm512_unpackhi_epi32(r[i], r[i + 1]);
-  }
-  for (int i = 0; i < 16; i += 4) {
-    r[i] = _mm512_unpacklo_epi64(t[i], t[i + 2]);
-    r[i + 1] = _mm512_unpackhi_epi64(t[i], t[i + 2]);
-    r[i + 2] = _mm512_unpacklo_epi64(t[i + 1], t[i + 3]);
-    r[i + 3] = _mm512_unpackhi_epi64(t[i + 1], t[i + 3]);
-  }
-  // r[4b + c] now holds dword (4 * lane128 + c) of rows {4b..4b+3} in 128-bit lane order; gather the lanes.
-  for (int i = 0; i < 4; ++i) {
-    t[i] = _mm512_shuffle_i32x4(r[i], r[i + 4], 0x88);
-    t[i + 4] = _mm512_shuffle_i32x4(r[i], r[i + 4], 0xdd);
-    t[i + 8] = _mm512_shuffle_i32x4(r[i + 8], r[i + 12], 0x88);
-    t[i + 12] = _mm512_shuffle_i32x4(r[i + 8], r[i + 12], 0xdd);
-  }
-  for (int i = 0; i < 4; ++i) {
-    r[i] = _mm512_shuffle_i32x4(t[i], t[i + 8], 0x88);
-    r[i + 8] = _mm512_shuffle_i32x4(t[i], t[i + 8], 0xdd);
-    r[i + 4] = _mm512_shuffle_i32x4(t[i + 4], t[i + 12], 0x88);
-    r[i + 12] = _mm512_shuffle_i32x4(t[i + 4], t[i + 12], 0xdd);
-  }
-}
-
 // Word permute indices: 16-bit element 2t from element 2t + lo of the first source, 2t + 1 from 2t + hi of the second.
 static inline __m512i pair_index(int lo, int hi) {
   const __m512i t2 = _mm512_slli_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0), 1);
@@ -165,7 +138,7 @@ static void pack_block(const LinearArgs& a, int64_t p0, int mp, int64_t k0, int 
 #pragma GCC unroll 16
       for (int t = 0; t < 16; ++t)
         r[t] = t0 + t < mp ? _mm512_maskz_loadu_epi16(cm, x + (p0 + t0 + t) * a.ldx + k0 + c0) : _mm512_setzero_si512();
-      transpose16(r);
+      transpose16_epi32(r);
       for (int g = c0 / P::PW; g < (c0 + cc) / P::PW; ++g) {
         const int cb = (g * P::PW - c0) / 2;
 #pragma GCC unroll 28
