@@ -24,13 +24,15 @@
 namespace sparseops::nm {
 namespace {
 
+// Columns per block: one cache line of 2:4 values per row (32- and 48-column blocks ran slower for m = 8 on Zen 5).
+constexpr int KB = 64;
+
 // 2:4: the pair (i, j) of a group sits in slot (1 << i) | (1 << j), the mask nibble itself, so a row finds it with
 // a shift and a mask. Pair-groups are SG slots apart (13: nibbles go up to 12, and it spreads the live slots of
 // successive groups over different L1 sets). Packed x of a 64-column block at 64 tokens: 16 x 6 x 256 B = 24 KiB.
-// KB: columns per block (64: one cache line of 2:4 values per row; 32 where 64 columns of packed x outgrow L1).
 // W: value words per pair-group.
 struct Pat24 {
-  static constexpr int n = 2, m = 4, PW = 4, SG = 13, KS = 512, KB = 64, NPAIR = 6, W = 1;
+  static constexpr int n = 2, m = 4, PW = 4, SG = 13, KS = 512, NPAIR = 6, W = 1;
   static constexpr int pairs[NPAIR][2] = {{0, 1}, {0, 2}, {0, 3}, {1, 2}, {1, 3}, {2, 3}};
   static constexpr int slot_of(int i, int j) { return (1 << i) | (1 << j); }
   static inline uint64_t slot(uint64_t bits, int g, int) { return (bits >> (4 * g)) & 15; }
@@ -41,14 +43,13 @@ struct Pat24 {
 struct Pat8 {
   static constexpr int PW = 8, SG = 57, KS = 256;
   static constexpr int slot_of(int i, int j) { return i * 8 + j; }
-  static inline uint64_t slot(uint64_t bits, int g, int w) {
-    uint32_t b = static_cast<uint32_t>(bits >> (8 * g)) & 255u;
-    if (w) b &= b - 1, b &= b - 1;
-    return static_cast<uint64_t>(__builtin_ctz(b | 0x80u) * 8 + __builtin_ctz((b & (b - 1)) | 0x80u));
-  }
 };
 struct Pat14 : Pat8 {
-  static constexpr int n = 1, m = 4, KB = 64, NPAIR = 16, W = 1;
+  static constexpr int n = 1, m = 4, NPAIR = 16, W = 1;
+  static inline uint64_t slot(uint64_t bits, int g, int) {
+    const uint32_t b = static_cast<uint32_t>(bits >> (8 * g)) & 255u;
+    return static_cast<uint64_t>(__builtin_ctz(b | 0x80u) * 8 + __builtin_ctz((b & (b - 1)) | 0x80u));
+  }
   static constexpr int pairs[NPAIR][2] = {{0, 4}, {0, 5}, {0, 6}, {0, 7}, {1, 4}, {1, 5}, {1, 6}, {1, 7},
                                           {2, 4}, {2, 5}, {2, 6}, {2, 7}, {3, 4}, {3, 5}, {3, 6}, {3, 7}};
 };
@@ -81,7 +82,7 @@ struct Pat8N : Pat8 {
   static inline uint64_t slot(uint64_t bits, int g, int w) {
     return (kSlotLut.s[(bits >> (8 * g)) & 255] >> (8 * w)) & 255;
   }
-  static constexpr int n = N, m = 8, KB = 64, NPAIR = 28, W = N / 2, KS = 256;
+  static constexpr int n = N, m = 8, NPAIR = 28, W = N / 2;
   static constexpr int pairs[NPAIR][2] = {{0, 1}, {0, 2}, {0, 3}, {0, 4}, {0, 5}, {0, 6}, {0, 7}, {1, 2}, {1, 3}, {1, 4},
                                           {1, 5}, {1, 6}, {1, 7}, {2, 3}, {2, 4}, {2, 5}, {2, 6}, {2, 7}, {3, 4}, {3, 5},
                                           {3, 6}, {3, 7}, {4, 5}, {4, 6}, {4, 7}, {5, 6}, {5, 7}, {6, 7}};
@@ -99,18 +100,17 @@ static inline uint64_t groups_off(uint64_t w, int live) {
   return t ^ (live == 64 ? want : want & ((uint64_t(1) << live) - 1));
 }
 
-// The mask bits of columns [k0, k0 + cols) of a row in a block of KB columns (reads only the row's own bytes; bits
-// past K up to the next byte boundary come along, so a mask with such bits set fails groups_off).
-template <int KB>
+// The mask bits of columns [k0, k0 + cols) of a row (reads only the row's own bytes; up to 64 columns).
 static inline uint64_t block_bits(const uint8_t* mr, int64_t k0, int cols, int64_t rb) {
   const int64_t b0 = k0 / 8;
-  uint64_t w = 0;
   if (cols == KB && b0 + 8 <= rb) {
+    uint64_t w;
     std::memcpy(&w, mr + b0, 8);
-  } else {
-    for (int64_t b = b0; b < rb && b < b0 + 8; ++b) w |= static_cast<uint64_t>(mr[b]) << (8 * (b - b0));
+    return w;
   }
-  return KB == 64 ? w : w & ((uint64_t(1) << KB) - 1);  // the next block's bits are its own
+  uint64_t w = 0;
+  for (int64_t b = b0; b < rb && b < b0 + 8; ++b) w |= static_cast<uint64_t>(mr[b]) << (8 * (b - b0));
+  return w;
 }
 
 // Word permute indices: 16-bit element 2t from element 2t + lo of the first source, 2t + 1 from 2t + hi of the second.
@@ -158,7 +158,7 @@ static void pack_block(const LinearArgs& a, int64_t p0, int mp, int64_t k0, int 
 template <class P, int NV, int RS, bool FULL>
 static uint64_t block_rows(const LinearArgs& a, int64_t o0, int64_t o1, int64_t k0, int ng, bool first,
                            const uint32_t* xp, __m512* acc, int64_t pf_o, int64_t pf_k, int64_t o_end) {
-  constexpr int NT = NV * 16, GB = P::KB / P::PW;
+  constexpr int NT = NV * 16, GB = KB / P::PW;
   const int64_t rb = (a.K + 7) / 8, kept = a.K / P::m * P::n;
   const int cols = (FULL ? GB : ng) * P::PW;
   const uint16_t* vals = static_cast<const uint16_t*>(a.values);
@@ -173,7 +173,7 @@ static uint64_t block_rows(const LinearArgs& a, int64_t o0, int64_t o1, int64_t 
     for (int r = 0; r < RS; ++r) {
 #pragma GCC unroll 4
       for (int q = 0; q < NV; ++q) va[r][q] = first ? _mm512_setzero_ps() : acc[(rows[r] - o0) * NV + q];
-      bits[r] = block_bits<P::KB>(a.mask + rows[r] * rb, k0, cols, rb);
+      bits[r] = block_bits(a.mask + rows[r] * rb, k0, cols, rb);
       bad |= groups_off<P>(bits[r], cols);
       vr[r] = vals + rows[r] * kept + k0 / P::m * P::n;
     }
@@ -217,20 +217,20 @@ template <class P>
 static int64_t first_bad_row(const LinearArgs& a, int64_t o_begin, int64_t o_end) {
   const int64_t rb = (a.K + 7) / 8;
   for (int64_t o = o_begin; o < o_end; ++o)
-    for (int64_t k0 = 0; k0 < a.K; k0 += P::KB) {
-      const int cols = static_cast<int>(std::min<int64_t>(P::KB, a.K - k0));
-      if (groups_off<P>(block_bits<P::KB>(a.mask + o * rb, k0, cols, rb), cols)) return o;
+    for (int64_t k0 = 0; k0 < a.K; k0 += KB) {
+      const int cols = static_cast<int>(std::min<int64_t>(KB, a.K - k0));
+      if (groups_off<P>(block_bits(a.mask + o * rb, k0, cols, rb), cols)) return o;
     }
   return o_end - 1;  // unreachable after a failed block
 }
 
 // Loops: superblocks of KS columns (their packed x, 192-224 KiB at 64 tokens, stays in L2) > chunks of RC rows
 // (their sums, 12 KiB, stay in L1 across the superblock) > blocks of KB columns (packed x 24-32 KiB, in L1 while the
-// chunk's rows use it; 56 KiB for m = 8, yet 32- to 48-column blocks ran slower on Zen 5: each block reloads the
-// sums) > RS rows in registers.
+// chunk's rows use it; 56 KiB for m = 8, yet smaller blocks ran slower: each block reloads the sums) > RS rows in
+// registers.
 template <class P, int NV, int RS>
 static int64_t panel(const LinearArgs& a, int64_t o_begin, int64_t o_end, int64_t p0, int mp) {
-  constexpr int NT = NV * 16, KB = P::KB, GB = KB / P::PW, RC = 16 * RS;
+  constexpr int NT = NV * 16, GB = KB / P::PW, RC = 16 * RS;
   // + 64 slots: the slot of a malformed mask byte or nibble stays inside
   AlignedF32 xpa((static_cast<size_t>(P::KS / P::PW) * P::SG + 64) * NT);
   uint32_t* xp = reinterpret_cast<uint32_t*>(xpa.p);
