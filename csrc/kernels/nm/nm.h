@@ -64,7 +64,8 @@ bool select14_fits_avx512x(const LinearArgs&);
 int64_t linear_select14_avx512x(const LinearArgs&, int64_t o_begin, int64_t o_end);
 // bf16, M >= 2, same requirement: dense math at the bf16 dot-product rate on the weight as it is decoded.
 int64_t linear_bf16_dp_avx512x(const LinearArgs&, int64_t o_begin, int64_t o_end);
-// bf16 2:4 and 1:4, same requirement: kept-only dot products on x packed as column pairs (nm_pairs_avx512x.cpp).
+// bf16 2:4, 1:4, 2:8 and 4:8, same requirement: kept-only dot products on x packed as column pairs
+// (nm_pairs_avx512x.cpp).
 // fits: the pattern and dtype (K % 8 == 0 for 1:4), and x all finite (pruned positions are never multiplied).
 // pairs_kernel: whether the ISA's kernel takes that path for this pattern at M rows (the glue then keeps large M in
 // the kernel).

@@ -21,8 +21,9 @@ int64_t linear_avx512(const LinearArgs& a, int64_t o_begin, int64_t o_end) {
     return linear_select14_avx512x(a, o_begin, o_end);
   if (a.dtype == DType::f32 && a.M == 1 && a.m <= 8 && 2 * a.n <= a.m && a.K >= 16)
     return amd_ext ? linear_m1_f32_avx512x(a, o_begin, o_end) : linear_avx2(a, o_begin, o_end);
-  // bf16 2:4 from M = 32 and 1:4 from M = 64: kept-only dot products on x packed as column pairs; otherwise (x with
-  // NaN/Inf, since the pair path never multiplies pruned positions, or 1:4 with K % 8 != 0) the dense dot products.
+  // bf16 2:4 / 2:8 from M = 32, 4:8 at M = 32..191, 1:4 from M = 64 (pairs_kernel): kept-only dot products on x
+  // packed as column pairs; otherwise (x with NaN/Inf, since the pair path never multiplies pruned positions, or 1:4
+  // with K % 8 != 0) the dense dot products.
   if (pairs_kernel(Isa::avx512, a.n, a.m, a.dtype, a.M))
     return pairs_fits_avx512x(a) ? linear_pairs_avx512x(a, o_begin, o_end) : linear_bf16_dp_avx512x(a, o_begin, o_end);
   if (a.dtype == DType::bf16 && o_begin < o_end && a.M < Avx512Dec::sparse_min_m && avx512_ext())
