@@ -111,7 +111,17 @@ void test_nm_linear(Harness& h) {
 // a tail of 7 or 4 groups, an odd group count with padding bits; bf16 pairs: 512-column steps and a tail of 168
 // columns, or none); x with an Inf takes placement there and must give NaN/Inf as dense math does. A byte with
 // both bits in one nibble (1:4: byte count right, groups wrong) or a bit moved to the next byte (2:8) names its
-// row or gives what the mask says.
+// row or gives what the mask says. The gather GEMV (2:8; 1:4 with K % 8 == 0) is also called directly, and must
+// name the row.
+// The M = 1 gather GEMV itself where it can run (x86 with the AVX-512 extensions; the dispatch takes it on AMD only).
+static nm::LinearFn gather_direct(Isa isa, const nm::LinearArgs& a) {
+#if defined(SPARSEOPS_X86)
+  if (isa == Isa::avx512 && avx512_ext() && nm::gather_m1_fits_avx512x(a)) return nm::linear_gather_m1_avx512x;
+#endif
+  (void)isa; (void)a;
+  return nullptr;
+}
+
 void test_nm_select14(Harness& h) {
   std::mt19937 rng(414);
   for (Isa isa : available_isas()) {
@@ -126,13 +136,17 @@ void test_nm_select14(Harness& h) {
           Buf x(d, K), y(d, O);
           fill_uniform(x, rng);
           if (inf) x.set(K / 2 + 1, std::numeric_limits<float>::infinity());
-          const int64_t r = fn(make_args(d, w, 1, x, K, nullptr, y, O), 0, O);
+          const nm::LinearArgs a = make_args(d, w, 1, x, K, nullptr, y, O);
           std::vector<double> ref, scale;
           reference(x, K, w.dense, nullptr, 1, O, K, ref, scale);
-          int bad = 0;
-          for (int64_t o = 0; o < O; ++o) bad += !close(y.get(o), ref[o], scale[o], d, K);
-          h.check(r == -1 && bad == 0, "nm %s %d:%d %s M=1 K=%lld inf=%d: ret %lld, %d bad", isa_name(isa), n, m,
-                  dtype_name(d), (long long)K, inf, (long long)r, bad);
+          for (const nm::LinearFn f : {fn, gather_direct(isa, a)}) {
+            if (!f) continue;
+            const int64_t r = f(a, 0, O);
+            int bad = 0;
+            for (int64_t o = 0; o < O; ++o) bad += !close(y.get(o), ref[o], scale[o], d, K);
+            h.check(r == -1 && bad == 0, "nm %s %d:%d %s M=1 K=%lld inf=%d%s: ret %lld, %d bad", isa_name(isa), n,
+                    m, dtype_name(d), (long long)K, inf, f == fn ? "" : " (gather)", (long long)r, bad);
+          }
         }
         // Either the row is named or the result is exactly what the mask says (the placing paths check counts
         // per chunk or byte and compute that); never anything else.
@@ -154,6 +168,10 @@ void test_nm_select14(Harness& h) {
         for (int64_t o = 0; o < O && exact; ++o) exact = close(y.get(o), ref[o], scale[o], d, K);
         h.check(r == row || exact, "nm %s %d:%d %s M=1 K=%lld: a malformed byte gave %lld and %s", isa_name(isa), n,
                 m, dtype_name(d), (long long)K, (long long)r, r == -1 ? "a result off the mask as given" : "the wrong row");
+        const nm::LinearArgs ab = make_args(d, b, 1, x, K, nullptr, y, O);
+        if (const nm::LinearFn g = gather_direct(isa, ab))
+          h.check(g(ab, 0, O) == row, "nm %d:%d %s M=1 K=%lld: the gather GEMV did not name row %lld", n, m,
+                  dtype_name(d), (long long)K, (long long)row);
       }
   }
 }

@@ -16,7 +16,11 @@ int64_t linear_avx512(const LinearArgs& a, int64_t o_begin, int64_t o_end) {
   // On AMD CPUs with the avx512x extensions the vpermps-placing GEMV instead (measured on Zen 5 only:
   // bench/results/nm-m1-f32-ab-zen5-2c-4af5caa; Intel keeps the AVX2 one until it is measured there).
   // 1:4 at M == 1 selects x per group with the extensions (bf16; fp32 on AMD as below), x all finite.
+  // 2:8 and 1:4 (K % 8 == 0) on AMD fetch x at the kept columns instead, where x is small (measured on Zen 5 only:
+  // 2:8 1.5-1.8x placement, 1:4 1.1-1.4x select, bench/results/nm-m1-gather-ab-zen5-2c-aebfb44.txt).
   const bool amd_ext = avx512_ext() && !cpu_features().intel;  // the fp32 avx512x GEMVs: measured on AMD only
+  if (a.M == 1 && o_begin < o_end && amd_ext && gather_m1_fits_avx512x(a))
+    return linear_gather_m1_avx512x(a, o_begin, o_end);
   if (a.M == 1 && o_begin < o_end && (a.dtype == DType::bf16 ? avx512_ext() : amd_ext) && select14_fits_avx512x(a))
     return linear_select14_avx512x(a, o_begin, o_end);
   if (a.dtype == DType::f32 && a.M == 1 && a.m <= 8 && 2 * a.n <= a.m && a.K >= 16)

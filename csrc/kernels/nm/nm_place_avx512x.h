@@ -21,6 +21,18 @@ static inline __mmask64 bytes_off(const uint8_t* m, int64_t n, __m512i count) {
   return bad;
 }
 
+// Nonzero if a byte of m[0, n) does not hold exactly one set bit in each nibble (1:4): two per byte, none empty.
+static inline __mmask64 nibbles_off(const uint8_t* m, int64_t n) {
+  const __m512i lo = _mm512_set1_epi8(0x0f), hi = _mm512_set1_epi8(static_cast<char>(0xf0));
+  __mmask64 bad = bytes_off(m, n, _mm512_set1_epi8(2));
+  for (int64_t b = 0; b < n; b += 64) {
+    const __mmask64 live = n - b >= 64 ? ~__mmask64(0) : (~uint64_t(0)) >> (64 - (n - b));
+    const __m512i v = _mm512_maskz_loadu_epi8(live, m + b);
+    bad |= _mm512_mask_testn_epi8_mask(live, v, lo) | _mm512_mask_testn_epi8_mask(live, v, hi);
+  }
+  return bad;
+}
+
 // vpexpandw without vpexpandw, for patterns whose every mask byte holds the same count c = 8n/m of kept
 // columns (m <= 8) and whose 64 columns keep at most 32 values (n/m <= 1/2). A register vpexpandw (or
 // vexpandps) issues once per ~5 cycles on Zen 5 (1.22 ns each in four independent chains,

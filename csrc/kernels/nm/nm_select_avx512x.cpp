@@ -22,18 +22,6 @@
 namespace sparseops::nm {
 namespace {
 
-// Nonzero if a byte of m[0, n) does not hold exactly one set bit in each nibble: two per byte, none empty.
-static inline __mmask64 groups_off(const uint8_t* m, int64_t n) {
-  const __m512i lo = _mm512_set1_epi8(0x0f), hi = _mm512_set1_epi8(static_cast<char>(0xf0));
-  __mmask64 bad = bytes_off(m, n, _mm512_set1_epi8(2));
-  for (int64_t b = 0; b < n; b += 64) {
-    const __mmask64 live = n - b >= 64 ? ~__mmask64(0) : (~uint64_t(0)) >> (64 - (n - b));
-    const __m512i v = _mm512_maskz_loadu_epi8(live, m + b);
-    bad |= _mm512_mask_testn_epi8_mask(live, v, lo) | _mm512_mask_testn_epi8_mask(live, v, hi);
-  }
-  return bad;
-}
-
 // Lane masks of the 16 groups of mask word w: k0 lane g = the kept column of group g is 1 or 3, k1 = 2 or 3.
 static inline uint32_t sel0(uint64_t w) {
   return static_cast<uint32_t>(_pext_u64(w | (w >> 2), 0x2222222222222222ull));
@@ -54,7 +42,7 @@ int64_t select14(const LinearArgs& a, int64_t o_begin, int64_t o_end) {
   for (int64_t o = o_begin; o < o_end; ++o) {
     const uint8_t* mr = a.mask + o * rb;
     const T* vr = static_cast<const T*>(a.values) + o * G;
-    if (groups_off(mr, nb * L / 2)) return o;
+    if (nibbles_off(mr, nb * L / 2)) return o;
     __m512 acc[2] = {_mm512_setzero_ps(), _mm512_setzero_ps()};
     auto block = [&](int64_t b, int e) __attribute__((always_inline)) {
       const T* xb = xt + b * L;
