@@ -247,6 +247,44 @@ void test_nm_pairs(Harness& h) {
   }
 }
 
+// M = 1 with x past 32 KiB (where the GEMVs pick other paths than for short rows; K = 8200 leaves an 8-column tail),
+// every dtype, the patterns with fast GEMVs and 1:2; a malformed byte past column 4096 names its row or gives what
+// the mask says.
+void test_nm_m1_long(Harness& h) {
+  std::mt19937 rng(4242);
+  for (Isa isa : available_isas()) {
+    const nm::LinearFn fn = nm::linear_kernel(isa);
+    for (auto pat : {std::pair<int, int>{2, 4}, {1, 4}, {2, 8}, {4, 8}, {1, 2}})
+      for (DType d : kDtypes)
+        for (int64_t K : {int64_t(8200), int64_t(12352)}) {
+          const int n = pat.first, m = pat.second;
+          const int64_t O = 19;
+          NmWeight w(d, n, m, O, K, rng);
+          Buf x(d, K), y(d, O), bias(d, O);
+          fill_uniform(x, rng);
+          fill_uniform(bias, rng);
+          const int64_t r = fn(make_args(d, w, 1, x, K, &bias, y, O), 0, O);
+          std::vector<double> ref, scale;
+          reference(x, K, w.dense, &bias, 1, O, K, ref, scale);
+          int bad = 0;
+          for (int64_t o = 0; o < O; ++o) bad += !close(y.get(o), ref[o], scale[o], d, K);
+          h.check(r == -1 && bad == 0, "nm %s %d:%d %s M=1 K=%lld: ret %lld, %d bad", isa_name(isa), n, m,
+                  dtype_name(d), (long long)K, (long long)r, bad);
+          NmWeight b = w;  // row 11, a byte of columns 4136..4143: one bit moved to the byte after it
+          uint8_t* mb = b.mask.data() + 11 * b.row_bytes + 517;
+          const int top = 31 - __builtin_clz(mb[0]);
+          mb[0] = static_cast<uint8_t>(mb[0] & ~(1u << top));
+          mb[1] = static_cast<uint8_t>(mb[1] | (mb[1] + 1));
+          const int64_t rb = fn(make_args(d, b, 1, x, K, nullptr, y, O), 0, O);
+          reference(x, K, as_given(d, b), nullptr, 1, O, K, ref, scale);
+          bool exact = rb == -1;
+          for (int64_t o = 0; o < O && exact; ++o) exact = close(y.get(o), ref[o], scale[o], d, K);
+          h.check(rb == 11 || exact, "nm %s %d:%d %s M=1 K=%lld: a malformed byte gave %lld", isa_name(isa), n, m,
+                  dtype_name(d), (long long)K, (long long)rb);
+        }
+  }
+}
+
 // Malformed masks must give a bad row (the first one) and never read out of bounds; the values
 // buffer is exactly as large as the format says, so the ASan build catches a stray read.
 void test_nm_malformed(Harness& h) {
