@@ -103,13 +103,8 @@ int64_t gather(const LinearArgs& a, int64_t o_begin, int64_t o_end) {
         y += bf16_to_f32(vr[2 * b]) * bf16_to_f32(x[8 * b + i]) + bf16_to_f32(vr[2 * b + 1]) * bf16_to_f32(x[8 * b + j]);
       }
     }
-    if constexpr (D == DType::f32) {
-      if (a.bias) y += static_cast<const float*>(a.bias)[o];
-      static_cast<float*>(a.y)[o] = y;
-    } else {
-      if (a.bias) y += bf16_to_f32(static_cast<const uint16_t*>(a.bias)[o]);
-      static_cast<uint16_t*>(a.y)[o] = f32_to_bf16(y);
-    }
+    if (a.bias) y += x86::elem_to_f32(D, a.bias, o);
+    x86::store_out(D, a.y, o, y);
   }
   return -1;
 }

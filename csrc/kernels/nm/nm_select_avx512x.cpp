@@ -81,13 +81,8 @@ int64_t select14(const LinearArgs& a, int64_t o_begin, int64_t o_end) {
       else s += bf16_to_f32(vr[g]) * bf16_to_f32(xv);
     }
     if ((G % 2) && (mr[G / 2] >> 4)) return o;  // padding bits past K must be clear
-    if constexpr (D == DType::f32) {
-      if (a.bias) s += static_cast<const float*>(a.bias)[o];
-      static_cast<float*>(a.y)[o] = s;
-    } else {
-      if (a.bias) s += bf16_to_f32(static_cast<const uint16_t*>(a.bias)[o]);
-      static_cast<uint16_t*>(a.y)[o] = f32_to_bf16(s);
-    }
+    if (a.bias) s += x86::elem_to_f32(D, a.bias, o);
+    x86::store_out(D, a.y, o, s);
   }
   return -1;
 }
