@@ -26,6 +26,7 @@ void test_nm_linear(Harness& h);
 void test_nm_malformed(Harness& h);
 void test_nm_select14(Harness& h);
 void test_nm_m1_long(Harness& h);
+void test_nm_gather_tokens(Harness& h);
 void test_nm_pairs(Harness& h);
 void test_nm_format(Harness& h);
 void test_dense(Harness& h);

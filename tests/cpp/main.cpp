@@ -10,7 +10,7 @@ int main() {
   const auto t0 = std::chrono::steady_clock::now();
   struct { const char* name; void (*fn)(Harness&); } suites[] = {
       {"isa", test_isa},           {"nm_format", test_nm_format}, {"nm_linear", test_nm_linear},
-      {"nm_malformed", test_nm_malformed}, {"nm_select14", test_nm_select14}, {"nm_m1_long", test_nm_m1_long}, {"nm_pairs", test_nm_pairs}, {"dense", test_dense}, {"kv", test_kv}, {"attn", test_attn},
+      {"nm_malformed", test_nm_malformed}, {"nm_select14", test_nm_select14}, {"nm_m1_long", test_nm_m1_long}, {"nm_gather_tokens", test_nm_gather_tokens}, {"nm_pairs", test_nm_pairs}, {"dense", test_dense}, {"kv", test_kv}, {"attn", test_attn},
       {"csr", test_csr},
   };
   for (auto& s : suites) {

@@ -122,6 +122,48 @@ static nm::LinearFn gather_direct(Isa isa, const nm::LinearArgs& a) {
   return nullptr;
 }
 
+// bf16 2:8 / 1:4 at M = 2..8 through the gather directly (where the extensions run): against the reference, with
+// strided x and y, bias, a tail of columns, and a malformed row named.
+void test_nm_gather_tokens(Harness& h) {
+#if defined(SPARSEOPS_X86)
+  if (!avx512_ext()) return;
+  std::mt19937 rng(828);
+  const DType d = DType::bf16;
+  for (auto pat : {std::pair<int, int>{2, 8}, {1, 4}})
+    for (int64_t K : {int64_t(1192), int64_t(4096)})
+      for (int64_t M : {int64_t(2), int64_t(3), int64_t(5), int64_t(8)}) {
+        const int n = pat.first, m = pat.second;
+        const int64_t O = 21, ldx = K + 9, ldy = O + 4;
+        NmWeight w(d, n, m, O, K, rng);
+        Buf x(d, M * ldx), y(d, M * ldy), xc(d, M * K), bias(d, O);
+        fill_uniform(x, rng);
+        fill_uniform(bias, rng);
+        for (int64_t i = 0; i < M; ++i)
+          for (int64_t k = 0; k < K; ++k) xc.set(i * K + k, x.get(i * ldx + k));
+        const nm::LinearArgs a = make_args(d, w, M, x, ldx, &bias, y, ldy);
+        if (!nm::gather_tokens_fits_avx512x(a)) continue;
+        const int64_t r1 = nm::linear_gather_tokens_avx512x(a, 0, 10), r2 = nm::linear_gather_tokens_avx512x(a, 10, O);
+        std::vector<double> ref, scale;
+        reference(xc, K, w.dense, &bias, M, O, K, ref, scale);
+        int bad = 0;
+        for (int64_t i = 0; i < M; ++i)
+          for (int64_t o = 0; o < O; ++o) bad += !close(y.get(i * ldy + o), ref[i * O + o], scale[i * O + o], d, K);
+        h.check(r1 == -1 && r2 == -1 && bad == 0, "nm gather %d:%d bf16 K=%lld M=%lld: ret %lld/%lld, %d bad", n, m,
+                (long long)K, (long long)M, (long long)r1, (long long)r2, bad);
+        NmWeight b = w;  // row 13: a bit moved to the next byte (byte counts 1 and 3)
+        uint8_t* mb = b.mask.data() + 13 * b.row_bytes + 20;
+        const int top = 31 - __builtin_clz(mb[0]);
+        mb[0] = static_cast<uint8_t>(mb[0] & ~(1u << top));
+        mb[1] = static_cast<uint8_t>(mb[1] | (mb[1] + 1));
+        const nm::LinearArgs ab = make_args(d, b, M, x, ldx, nullptr, y, ldy);
+        h.check(nm::linear_gather_tokens_avx512x(ab, 0, O) == 13, "nm gather %d:%d K=%lld M=%lld: row 13 not named",
+                n, m, (long long)K, (long long)M);
+      }
+#else
+  (void)h;
+#endif
+}
+
 void test_nm_select14(Harness& h) {
   std::mt19937 rng(414);
   for (Isa isa : available_isas()) {

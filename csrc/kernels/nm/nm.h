@@ -66,6 +66,9 @@ int64_t linear_select14_avx512x(const LinearArgs&, int64_t o_begin, int64_t o_en
 // fits: the shape and dtype (K % 8 == 0 for 1:4; x up to 32 KiB, 1:4 16 KiB), and x all finite.
 bool gather_m1_fits_avx512x(const LinearArgs&);
 int64_t linear_gather_m1_avx512x(const LinearArgs&, int64_t o_begin, int64_t o_end);
+// The same for bf16 at M = 2..8 (each token's x fetched at the row's kept columns).
+bool gather_tokens_fits_avx512x(const LinearArgs&);
+int64_t linear_gather_tokens_avx512x(const LinearArgs&, int64_t o_begin, int64_t o_end);
 // bf16, M >= 2, same requirement: dense math at the bf16 dot-product rate on the weight as it is decoded.
 int64_t linear_bf16_dp_avx512x(const LinearArgs&, int64_t o_begin, int64_t o_end);
 // bf16 2:4, 1:4, 2:8 and 4:8, same requirement: kept-only dot products on x packed as column pairs

@@ -21,6 +21,8 @@ int64_t linear_avx512(const LinearArgs& a, int64_t o_begin, int64_t o_end) {
   const bool amd_ext = avx512_ext() && !cpu_features().intel;  // the fp32 avx512x GEMVs: measured on AMD only
   if (a.M == 1 && o_begin < o_end && amd_ext && gather_m1_fits_avx512x(a))
     return linear_gather_m1_avx512x(a, o_begin, o_end);
+  // bf16 2:8 / 1:4 at M = 2..8 with little x: the same, per token (AMD only, measured on Zen 5).
+  if (o_begin < o_end && amd_ext && gather_tokens_fits_avx512x(a)) return linear_gather_tokens_avx512x(a, o_begin, o_end);
   if (a.M == 1 && o_begin < o_end && (a.dtype == DType::bf16 ? avx512_ext() : amd_ext) && select14_fits_avx512x(a))
     return linear_select14_avx512x(a, o_begin, o_end);
   if (a.dtype == DType::f32 && a.M == 1 && a.m <= 8 && 2 * a.n <= a.m && a.K >= 16)
