@@ -107,18 +107,17 @@ void test_nm_linear(Harness& h) {
   }
 }
 
-// 1:4 and 2:8 at M = 1 with long rows (K >= 256): the AVX-512 select paths (1:4: whole blocks of 16 / 32 groups,
-// a tail of 7 or 4 groups, an odd group count with padding bits; bf16 pairs: 512-column steps and a tail of 168
-// columns, or none); x with an Inf takes placement there and must give NaN/Inf as dense math does. A byte with
-// both bits in one nibble (1:4: byte count right, groups wrong) or a bit moved to the next byte (2:8) names its
-// row or gives what the mask says. The gather GEMV (2:8; 1:4 with K % 8 == 0) is also called directly, and must
-// name the row.
-// The M = 1 gather GEMV itself where it can run (x86 with the AVX-512 extensions; the dispatch takes it on AMD only).
-static nm::LinearFn gather_direct(Isa isa, const nm::LinearArgs& a) {
+// An avx512x-tier kernel called directly wherever it can run (x86 with the AVX-512 extensions), whichever path the
+// dispatch takes on this CPU (the pair kernel is Zen 5's, the gather AMD's); nullptr elsewhere or if it does not fit.
+enum class Direct { pairs, gather_m1 };
+static nm::LinearFn ext_direct(Direct k, Isa isa, const nm::LinearArgs& a) {
 #if defined(SPARSEOPS_X86)
-  if (isa == Isa::avx512 && avx512_ext() && nm::gather_m1_fits_avx512x(a)) return nm::linear_gather_m1_avx512x;
+  if (isa == Isa::avx512 && avx512_ext()) {
+    if (k == Direct::pairs && nm::pairs_fits_avx512x(a)) return nm::linear_pairs_avx512x;
+    if (k == Direct::gather_m1 && nm::gather_m1_fits_avx512x(a)) return nm::linear_gather_m1_avx512x;
+  }
 #endif
-  (void)isa; (void)a;
+  (void)k; (void)isa; (void)a;
   return nullptr;
 }
 
@@ -164,6 +163,12 @@ void test_nm_gather_tokens(Harness& h) {
 #endif
 }
 
+// 1:4 and 2:8 at M = 1 with long rows (K >= 256): the AVX-512 select paths (1:4: whole blocks of 16 / 32 groups,
+// a tail of 7 or 4 groups, an odd group count with padding bits; bf16 pairs: 512-column steps and a tail of 168
+// columns, or none); x with an Inf takes placement there and must give NaN/Inf as dense math does. A byte with
+// both bits in one nibble (1:4: byte count right, groups wrong) or a bit moved to the next byte (2:8) names its
+// row or gives what the mask says. The gather GEMV (2:8; 1:4 with K % 8 == 0) is also called directly, and must
+// name the row.
 void test_nm_select14(Harness& h) {
   std::mt19937 rng(414);
   for (Isa isa : available_isas()) {
@@ -181,7 +186,7 @@ void test_nm_select14(Harness& h) {
           const nm::LinearArgs a = make_args(d, w, 1, x, K, nullptr, y, O);
           std::vector<double> ref, scale;
           reference(x, K, w.dense, nullptr, 1, O, K, ref, scale);
-          for (const nm::LinearFn f : {fn, gather_direct(isa, a)}) {
+          for (const nm::LinearFn f : {fn, ext_direct(Direct::gather_m1, isa, a)}) {
             if (!f) continue;
             const int64_t r = f(a, 0, O);
             int bad = 0;
@@ -211,20 +216,11 @@ void test_nm_select14(Harness& h) {
         h.check(r == row || exact, "nm %s %d:%d %s M=1 K=%lld: a malformed byte gave %lld and %s", isa_name(isa), n,
                 m, dtype_name(d), (long long)K, (long long)r, r == -1 ? "a result off the mask as given" : "the wrong row");
         const nm::LinearArgs ab = make_args(d, b, 1, x, K, nullptr, y, O);
-        if (const nm::LinearFn g = gather_direct(isa, ab))
+        if (const nm::LinearFn g = ext_direct(Direct::gather_m1, isa, ab))
           h.check(g(ab, 0, O) == row, "nm %d:%d %s M=1 K=%lld: the gather GEMV did not name row %lld", n, m,
                   dtype_name(d), (long long)K, (long long)row);
       }
   }
-}
-
-// The pair kernel itself where it can run (x86 with the AVX-512 extensions; the dispatch takes it on Zen 5 only).
-static nm::LinearFn pairs_direct(Isa isa, const nm::LinearArgs& a) {
-#if defined(SPARSEOPS_X86)
-  if (isa == Isa::avx512 && avx512_ext() && nm::pairs_fits_avx512x(a)) return nm::linear_pairs_avx512x;
-#endif
-  (void)isa; (void)a;
-  return nullptr;
 }
 
 // bf16 at M >= 32 (AVX-512 with the extensions: pair dot products for 2:4, 2:8 and 4:8 from M = 32 and 1:4 from
@@ -253,7 +249,7 @@ void test_nm_pairs(Harness& h) {
             for (int64_t i = 0; i < M; ++i)
               for (int64_t k = 0; k < K; ++k) xc.set(i * K + k, x.get(i * ldx + k));
             const nm::LinearArgs a = make_args(bf, w, M, x, ldx, &bias, y, ldy);
-            const nm::LinearFn pd = inf ? nullptr : pairs_direct(isa, a);
+            const nm::LinearFn pd = inf ? nullptr : ext_direct(Direct::pairs, isa, a);
             const nm::LinearFn f = pd ? pd : fn;
             const int64_t r1 = f(a, 0, 50), r2 = f(a, 50, O);
             std::vector<double> ref, scale;
@@ -281,7 +277,7 @@ void test_nm_pairs(Harness& h) {
         h.check(r == 77 || exact, "nm pairs %s %d:%d K=%lld: a malformed row 77 gave %lld", isa_name(isa), n, m,
                 (long long)K, (long long)r);
         const nm::LinearArgs ab = make_args(bf, b, 64, x, K, nullptr, y, O);
-        if (const nm::LinearFn pd = pairs_direct(isa, ab))
+        if (const nm::LinearFn pd = ext_direct(Direct::pairs, isa, ab))
           h.check(pd(ab, 3, O) == 77, "nm pairs %d:%d K=%lld: the pair path did not name row 77", n,
                   m, (long long)K);
       }

@@ -92,12 +92,13 @@ int64_t decode_rows_scalar(const LinearArgs& a, void* dense, int64_t ld, int64_t
 // 0.96-1.02x against the tiles' 0.87-0.92x, at M = 192 0.89-0.95x against 0.90-0.93x
 // (nm-pairs48-cutoff-zen5-2c-5969e37), so 4:8 takes the tiles from M = 192.
 bool pairs_kernel(Isa isa, int n, int m, DType d, int64_t M) {
-  const int64_t min_m = m == 4 ? (n == 2 ? 32 : n == 1 ? 64 : INT64_MAX) : m == 8 && (n == 2 || n == 4) ? 32 : INT64_MAX;
-  // 4:8 at large M: oneDNN's dense GEMM on decoded tiles (nearly at the bf16 peak there) is faster.
-  if (n == 4 && m == 8 && M >= 192) return false;
+  // Pairs for min_m <= M < max_m; 4:8 at large M: oneDNN's dense GEMM on decoded tiles (near the bf16 peak there).
+  int64_t min_m = INT64_MAX, max_m = INT64_MAX;
+  if (m == 4 && (n == 1 || n == 2)) min_m = n == 2 ? 32 : 64;
+  if (m == 8 && (n == 2 || n == 4)) min_m = 32, max_m = n == 4 ? 192 : INT64_MAX;
   // Zen 5 only: on Zen 4 (zmm dot products at half rate) a probe of the same idea ran at ~0.55x oneDNN's dense bf16
   // GEMM (bench/results/probe-nm-bf16-pairdp-zen4-2c-5851ba0.txt), so the dense tiles stay there until measured.
-  return isa == Isa::avx512 && d == DType::bf16 && M >= min_m && avx512_ext() && cpu_features().amd_zen5;
+  return isa == Isa::avx512 && d == DType::bf16 && M >= min_m && M < max_m && avx512_ext() && cpu_features().amd_zen5;
 }
 
 }  // namespace sparseops::nm

@@ -55,18 +55,40 @@ struct KeptColumns {
   }
 };
 
+// Nonzero if a row's mask bytes do not each hold two bits (1:4: one in each nibble).
+static inline bool row_off(const LinearArgs& a, const uint8_t* mr, int64_t rb) {
+  return a.m == 4 ? nibbles_off(mr, rb) != 0 : bytes_off(mr, rb, _mm512_set1_epi8(2)) != 0;
+}
+
+// The row's kept values times x over mask bytes [b0, rb), a scalar tail: two kept columns per byte.
+template <class T>
+static inline float tail_dot(const uint8_t* mr, const T* vr, const T* x, int64_t b0, int64_t rb) {
+  auto f = [](T v) { return std::is_same_v<T, float> ? static_cast<float>(v) : bf16_to_f32(static_cast<uint16_t>(v)); };
+  float y = 0.f;
+  for (int64_t b = b0; b < rb; ++b) {
+    const unsigned m = mr[b];
+    const int i = __builtin_ctz(m), j = __builtin_ctz(m & (m - 1));
+    y += f(vr[2 * b]) * f(x[8 * b + i]) + f(vr[2 * b + 1]) * f(x[8 * b + j]);
+  }
+  return y;
+}
+
+// 2:8, or 1:4 with whole mask bytes: two kept columns in every mask byte.
+static inline bool two_per_byte(const LinearArgs& a) {
+  return (a.n == 2 && a.m == 8) || (a.n == 1 && a.m == 4 && a.K % 8 == 0);
+}
+
 template <DType D>
 int64_t gather(const LinearArgs& a, int64_t o_begin, int64_t o_end) {
   using T = std::conditional_t<D == DType::f32, float, uint16_t>;
   constexpr int C = D == DType::f32 ? 64 : 128;  // columns per step: one vector of 16 / 32 kept values
   const int64_t rb = a.K / 8, kept = a.K / 4, ns = a.K / C;
   const T* x = static_cast<const T*>(a.x);
-  const __m512i two = _mm512_set1_epi8(2);
   const KeptColumns<D> cols;
   for (int64_t o = o_begin; o < o_end; ++o) {
     const uint8_t* mr = a.mask + o * rb;
     const T* vr = static_cast<const T*>(a.values) + o * kept;
-    if (a.m == 4 ? nibbles_off(mr, rb) : bytes_off(mr, rb, two)) return o;
+    if (row_off(a, mr, rb)) return o;
     __m512 acc[2] = {_mm512_setzero_ps(), _mm512_setzero_ps()};
     auto step = [&](int64_t s, int e) __attribute__((always_inline)) {
       const T* xs = x + s * C;
@@ -93,16 +115,8 @@ int64_t gather(const LinearArgs& a, int64_t o_begin, int64_t o_end) {
       step(s + 1, 1);
     }
     if (s < ns) step(s, 0);
-    float y = _mm512_reduce_add_ps(_mm512_add_ps(acc[0], acc[1]));
-    for (int64_t b = ns * (C / 8); b < rb; ++b) {  // fewer than C columns left: two kept values per byte
-      const unsigned m = mr[b];
-      const int i = __builtin_ctz(m), j = __builtin_ctz(m & (m - 1));
-      if constexpr (D == DType::f32) {
-        y += vr[2 * b] * x[8 * b + i] + vr[2 * b + 1] * x[8 * b + j];
-      } else {
-        y += bf16_to_f32(vr[2 * b]) * bf16_to_f32(x[8 * b + i]) + bf16_to_f32(vr[2 * b + 1]) * bf16_to_f32(x[8 * b + j]);
-      }
-    }
+    // columns past the last full step
+    float y = _mm512_reduce_add_ps(_mm512_add_ps(acc[0], acc[1])) + tail_dot(mr, vr, x, ns * (C / 8), rb);
     if (a.bias) y += x86::elem_to_f32(D, a.bias, o);
     x86::store_out(D, a.y, o, y);
   }
@@ -116,12 +130,11 @@ int64_t gather_tokens(const LinearArgs& a, int64_t o_begin, int64_t o_end) {
   constexpr int C = 128;
   const int64_t rb = a.K / 8, kept = a.K / 4, ns = a.K / C;
   const uint16_t* x = static_cast<const uint16_t*>(a.x);
-  const __m512i two = _mm512_set1_epi8(2);
   const KeptColumns<DType::bf16> cols;
   for (int64_t o = o_begin; o < o_end; ++o) {
     const uint8_t* mr = a.mask + o * rb;
     const uint16_t* vr = static_cast<const uint16_t*>(a.values) + o * kept;
-    if (a.m == 4 ? nibbles_off(mr, rb) : bytes_off(mr, rb, two)) return o;
+    if (row_off(a, mr, rb)) return o;
     __m512 acc[NT];
     for (int t = 0; t < NT; ++t) acc[t] = _mm512_setzero_ps();
     for (int64_t s = 0; s < ns; ++s) {
@@ -137,13 +150,7 @@ int64_t gather_tokens(const LinearArgs& a, int64_t o_begin, int64_t o_end) {
       }
     }
     for (int t = 0; t < NT; ++t) {
-      const uint16_t* xt = x + t * a.ldx;
-      float y = _mm512_reduce_add_ps(acc[t]);
-      for (int64_t b = ns * (C / 8); b < rb; ++b) {  // fewer than C columns left
-        const unsigned m = mr[b];
-        const int i = __builtin_ctz(m), j = __builtin_ctz(m & (m - 1));
-        y += bf16_to_f32(vr[2 * b]) * bf16_to_f32(xt[8 * b + i]) + bf16_to_f32(vr[2 * b + 1]) * bf16_to_f32(xt[8 * b + j]);
-      }
+      float y = _mm512_reduce_add_ps(acc[t]) + tail_dot(mr, vr, x + t * a.ldx, ns * (C / 8), rb);
       if (a.bias) y += x86::elem_to_f32(DType::bf16, a.bias, o);
       x86::store_out(DType::bf16, a.y, t * a.ldy + o, y);
     }
@@ -154,10 +161,9 @@ int64_t gather_tokens(const LinearArgs& a, int64_t o_begin, int64_t o_end) {
 }  // namespace
 
 bool gather_tokens_fits_avx512x(const LinearArgs& a) {
-  const bool two_per_byte = (a.n == 2 && a.m == 8) || (a.n == 1 && a.m == 4 && a.K % 8 == 0);
   // Every row reads all tokens' x: up to 64 KiB of it the gather ran 1.36-5.9x faster than the dot-product kernel
   // (vpexpandw per row and 32 columns), at 88 KiB (K = 11008, M = 4) 0.86-0.92x (nm-gather-tokens-ab-zen5-2c-fee490a).
-  return a.dtype == DType::bf16 && a.M >= 2 && a.M <= 8 && a.M * a.K * 2 <= 65536 && two_per_byte &&
+  return a.dtype == DType::bf16 && a.M >= 2 && a.M <= 8 && a.M * a.K * 2 <= 65536 && two_per_byte(a) &&
          x86::all_finite(a);
 }
 
@@ -174,14 +180,13 @@ int64_t linear_gather_tokens_avx512x(const LinearArgs& a, int64_t o_begin, int64
 }
 
 bool gather_m1_fits_avx512x(const LinearArgs& a) {
-  const bool two_per_byte = (a.n == 2 && a.m == 8) || (a.n == 1 && a.m == 4 && a.K % 8 == 0);
   // Every row reads all of x. 2:8: fp32 x past 32 KiB leaves L1 beside the row's streams, and at K = 11008 (43 KiB)
   // the gather ran 1.3x slower than placement (bench/results/nm-m1-gather28-ab-zen5-2c-aebfb44.txt); bf16 there
   // (22 KiB) ran 1.5x faster. 1:4: 1.1-1.4x faster than the select GEMV with x of 8-16 KiB, 4% slower with bf16 x
   // of 22 KiB (nm-m1-gather-ab-zen5-2c-aebfb44.txt), so 1:4 up to 16 KiB.
   const int64_t xbytes = a.K * (a.dtype == DType::f32 ? 4 : 2);
   const bool fits = (a.dtype == DType::f32 || a.dtype == DType::bf16) && xbytes <= (a.m == 4 ? 16384 : 32768);
-  return a.M == 1 && two_per_byte && fits && x86::all_finite(a);
+  return a.M == 1 && two_per_byte(a) && fits && x86::all_finite(a);
 }
 
 int64_t linear_gather_m1_avx512x(const LinearArgs& a, int64_t o_begin, int64_t o_end) {

@@ -40,21 +40,9 @@ struct Pat24 {
 // 8-column pair-groups (1:4: one kept column per nibble; 2:8; 4:8: two words): word w's slot is i * 8 + j from the
 // byte's set bits 2w and 2w + 1 (lowest first; a malformed byte gives at most 63: the buffer has room).
 // Packed x per block: 1:4 8 x 16 x 256 B = 32 KiB; 2:8 / 4:8 (28 pairs) 8 x 28 x 256 B = 56 KiB.
-struct Pat8 {
-  static constexpr int PW = 8, SG = 57, KS = 256;
-  static constexpr int slot_of(int i, int j) { return i * 8 + j; }
-};
-struct Pat14 : Pat8 {
-  static constexpr int n = 1, m = 4, NPAIR = 16, W = 1;
-  static inline uint64_t slot(uint64_t bits, int g, int) {
-    const uint32_t b = static_cast<uint32_t>(bits >> (8 * g)) & 255u;
-    return static_cast<uint64_t>(__builtin_ctz(b | 0x80u) * 8 + __builtin_ctz((b & (b - 1)) | 0x80u));
-  }
-  static constexpr int pairs[NPAIR][2] = {{0, 4}, {0, 5}, {0, 6}, {0, 7}, {1, 4}, {1, 5}, {1, 6}, {1, 7},
-                                          {2, 4}, {2, 5}, {2, 6}, {2, 7}, {3, 4}, {3, 5}, {3, 6}, {3, 7}};
-};
-// 2:8 / 4:8: the slots of both words of a mask byte from one table entry (slot of word w in bits 8w..8w+7): one
-// load instead of two bit scans per word (4:8 ran 5-7% faster: nm-pairs8-tries-zen5-2c-dff6611).
+// The slots of both words of a mask byte from one table entry (slot of word w in bits 8w..8w+7): one load instead
+// of two bit scans per word (4:8 ran 5-7% faster: nm-pairs8-tries-zen5-2c-dff6611; 1:4 2-18%:
+// nm-pairs14-lut-ab-zen5-2c-507a0cf).
 struct SlotLut {
   uint16_t s[256];
   constexpr SlotLut() : s() {
@@ -77,11 +65,20 @@ struct SlotLut {
   }
 };
 inline constexpr SlotLut kSlotLut{};
-template <int N>
-struct Pat8N : Pat8 {
+struct Pat8 {
+  static constexpr int PW = 8, SG = 57, KS = 256;
+  static constexpr int slot_of(int i, int j) { return i * 8 + j; }
   static inline uint64_t slot(uint64_t bits, int g, int w) {
     return (kSlotLut.s[(bits >> (8 * g)) & 255] >> (8 * w)) & 255;
   }
+};
+struct Pat14 : Pat8 {
+  static constexpr int n = 1, m = 4, NPAIR = 16, W = 1;
+  static constexpr int pairs[NPAIR][2] = {{0, 4}, {0, 5}, {0, 6}, {0, 7}, {1, 4}, {1, 5}, {1, 6}, {1, 7},
+                                          {2, 4}, {2, 5}, {2, 6}, {2, 7}, {3, 4}, {3, 5}, {3, 6}, {3, 7}};
+};
+template <int N>
+struct Pat8N : Pat8 {
   static constexpr int n = N, m = 8, NPAIR = 28, W = N / 2;
   static constexpr int pairs[NPAIR][2] = {{0, 1}, {0, 2}, {0, 3}, {0, 4}, {0, 5}, {0, 6}, {0, 7}, {1, 2}, {1, 3}, {1, 4},
                                           {1, 5}, {1, 6}, {1, 7}, {2, 3}, {2, 4}, {2, 5}, {2, 6}, {2, 7}, {3, 4}, {3, 5},
